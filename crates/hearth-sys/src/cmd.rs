@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Running external tools with errors that say exactly what ran and what it printed.
+
+use std::process::{Command, Output};
+
+/// An external command that could not run or did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    /// The program could not be started at all.
+    #[error("failed to run {argv}")]
+    Spawn {
+        /// The command line, shell-quoted for reading.
+        argv: String,
+        /// Why it could not start.
+        #[source]
+        err: std::io::Error,
+    },
+    /// The program ran and exited unsuccessfully.
+    #[error("{argv} failed ({status}): {stderr}")]
+    Failed {
+        /// The command line, shell-quoted for reading.
+        argv: String,
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// What it wrote to stdout.
+        stdout: String,
+        /// What it wrote to stderr (trimmed).
+        stderr: String,
+    },
+}
+
+fn render_argv(cmd: &Command) -> String {
+    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts
+        .iter()
+        .map(|p| {
+            if p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+".contains(c))
+            {
+                p.clone()
+            } else {
+                format!("'{}'", p.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `cmd` to completion, capturing output; a non-zero exit is an error.
+pub fn execute(cmd: &mut Command) -> Result<Output, CmdError> {
+    let output = cmd.output().map_err(|err| CmdError::Spawn {
+        argv: render_argv(cmd),
+        err,
+    })?;
+    if !output.status.success() {
+        return Err(CmdError::Failed {
+            argv: render_argv(cmd),
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_keeps_argv_and_stderr() {
+        let err = execute(Command::new("sh").args(["-c", "echo oops >&2; exit 3"])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("sh -c 'echo oops >&2; exit 3'"), "{text}");
+        assert!(text.contains("oops"), "{text}");
+    }
+
+    #[test]
+    fn missing_program_is_spawn_error() {
+        let err = execute(&mut Command::new("/nonexistent/prog")).unwrap_err();
+        assert!(matches!(err, CmdError::Spawn { .. }));
+    }
+}

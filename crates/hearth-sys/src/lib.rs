@@ -1,0 +1,11 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The one crate in Hearth allowed to hold `unsafe` code.
+//!
+//! Every raw system call sits behind a small safe function here, with a `SAFETY:`
+//! comment on why it is sound, so the rest of the workspace can keep
+//! `unsafe_code = "deny"`. External tools (`mkfs.ext4`, `nft`, …) run through
+//! [`cmd::execute`], whose error keeps argv, status and output.
+#![allow(unsafe_code)]
+
+pub mod cmd;
+pub mod process;
