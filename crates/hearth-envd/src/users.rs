@@ -64,10 +64,10 @@ impl UserDb {
     fn tables(&self) -> Arc<Tables> {
         let stamp = [Self::stamp(&self.passwd), Self::stamp(&self.group)];
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((s, t)) = cache.as_ref() {
-            if *s == stamp {
-                return t.clone();
-            }
+        if let Some((s, t)) = cache.as_ref()
+            && *s == stamp
+        {
+            return t.clone();
         }
         let passwd = std::fs::read_to_string(&self.passwd).unwrap_or_default();
         let group = std::fs::read_to_string(&self.group).unwrap_or_default();
