@@ -14,8 +14,8 @@ mod records;
 mod sqlite;
 
 pub use records::{
-    ApiKeyRecord, ListOrder, SandboxFilter, SandboxPage, SandboxRecord, SandboxState,
-    TemplateKind, TemplateRecord,
+    ApiKeyRecord, ListOrder, SandboxFilter, SandboxPage, SandboxRecord, SandboxState, TemplateKind,
+    TemplateRecord,
 };
 pub use sqlite::Store;
 

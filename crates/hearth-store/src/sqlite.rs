@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The SQLite implementation of the store.
 
+use crate::StoreError;
 use crate::migrations::MIGRATIONS;
 use crate::records::*;
-use crate::StoreError;
 use hearth_types::SandboxId;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::BTreeMap;
@@ -134,7 +134,9 @@ impl Store {
     pub fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT id, hash, mask, name, created_ms FROM api_keys ORDER BY created_ms, id")
+            .prepare(
+                "SELECT id, hash, mask, name, created_ms FROM api_keys ORDER BY created_ms, id",
+            )
             .map_err(q("list api keys"))?;
         let rows = stmt
             .query_map([], api_key_row)
@@ -183,8 +185,11 @@ impl Store {
             ],
         )
         .map_err(q("upsert template"))?;
-        tx.execute("DELETE FROM template_names WHERE template_id = ?1", params![t.id])
-            .map_err(q("upsert template"))?;
+        tx.execute(
+            "DELETE FROM template_names WHERE template_id = ?1",
+            params![t.id],
+        )
+        .map_err(q("upsert template"))?;
         for name in &t.names {
             tx.execute(
                 "INSERT INTO template_names (name, template_id) VALUES (?1, ?2)
@@ -215,7 +220,10 @@ impl Store {
     }
 
     /// All templates of a kind, oldest first.
-    pub fn list_templates(&self, kind: Option<TemplateKind>) -> Result<Vec<TemplateRecord>, StoreError> {
+    pub fn list_templates(
+        &self,
+        kind: Option<TemplateKind>,
+    ) -> Result<Vec<TemplateRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(&format!(
@@ -226,7 +234,9 @@ impl Store {
         let rows = stmt
             .query_map(params![kind.map(TemplateKind::as_str)], raw_template_row)
             .map_err(q("list templates"))?;
-        let raw: Vec<RawTemplate> = rows.collect::<Result<_, _>>().map_err(q("list templates"))?;
+        let raw: Vec<RawTemplate> = rows
+            .collect::<Result<_, _>>()
+            .map_err(q("list templates"))?;
         raw.into_iter().map(RawTemplate::decode).collect()
     }
 
@@ -264,7 +274,10 @@ impl Store {
                 json("sandbox env vars", &s.env_vars)?,
                 json("sandbox config", &s.config)?,
                 s.runtime,
-                s.runtime_state.as_ref().map(|v| json("runtime state", v)).transpose()?,
+                s.runtime_state
+                    .as_ref()
+                    .map(|v| json("runtime state", v))
+                    .transpose()?,
                 s.paused_at.map(to_ms),
             ],
         );
@@ -307,7 +320,10 @@ impl Store {
                     json("sandbox env vars", &s.env_vars)?,
                     json("sandbox config", &s.config)?,
                     s.runtime,
-                    s.runtime_state.as_ref().map(|v| json("runtime state", v)).transpose()?,
+                    s.runtime_state
+                        .as_ref()
+                        .map(|v| json("runtime state", v))
+                        .transpose()?,
                     s.paused_at.map(to_ms),
                 ],
             )
@@ -349,7 +365,9 @@ impl Store {
         let rows = stmt
             .query_map([], raw_sandbox_row)
             .map_err(q("list sandboxes"))?;
-        let raw: Vec<RawSandbox> = rows.collect::<Result<_, _>>().map_err(q("list sandboxes"))?;
+        let raw: Vec<RawSandbox> = rows
+            .collect::<Result<_, _>>()
+            .map_err(q("list sandboxes"))?;
         raw.into_iter().map(RawSandbox::decode).collect()
     }
 
@@ -391,9 +409,10 @@ impl Store {
                 continue;
             }
             if page.items.len() == limit {
-                page.next_cursor = page.items.last().map(|l| {
-                    format!("{}.{}", to_ms(l.started_at), l.id.as_str())
-                });
+                page.next_cursor = page
+                    .items
+                    .last()
+                    .map(|l| format!("{}.{}", to_ms(l.started_at), l.id.as_str()));
                 break;
             }
             page.items.push(rec);
@@ -576,7 +595,10 @@ mod tests {
             cpu_count: 2,
             memory_mb: 512,
             disk_mb: 1024,
-            metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            metadata: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             env_vars: BTreeMap::new(),
             config: serde_json::json!({"autoPause": false}),
             runtime: "container".into(),
@@ -591,7 +613,10 @@ mod tests {
         let s = sandbox(1, &[("a", "b")]);
         store.insert_sandbox(&s).unwrap();
         assert_eq!(store.sandbox(&s.id).unwrap().unwrap(), s);
-        assert!(matches!(store.insert_sandbox(&s), Err(StoreError::Conflict { .. })));
+        assert!(matches!(
+            store.insert_sandbox(&s),
+            Err(StoreError::Conflict { .. })
+        ));
         assert!(store.delete_sandbox(&s.id).unwrap());
         assert!(store.sandbox(&s.id).unwrap().is_none());
         assert!(!store.delete_sandbox(&s.id).unwrap());
@@ -618,7 +643,11 @@ mod tests {
                 None => break,
             }
         }
-        let expected: Vec<String> = (0..25).rev().filter(|n| n % 2 == 0).map(|n| format!("i{n:020}")).collect();
+        let expected: Vec<String> = (0..25)
+            .rev()
+            .filter(|n| n % 2 == 0)
+            .map(|n| format!("i{n:020}"))
+            .collect();
         assert_eq!(seen, expected);
     }
 
@@ -666,6 +695,9 @@ mod tests {
         let path = dir.path().join("h.db");
         let s = sandbox(3, &[]);
         Store::open(&path).unwrap().insert_sandbox(&s).unwrap();
-        assert_eq!(Store::open(&path).unwrap().all_sandboxes().unwrap(), vec![s]);
+        assert_eq!(
+            Store::open(&path).unwrap().all_sandboxes().unwrap(),
+            vec![s]
+        );
     }
 }
