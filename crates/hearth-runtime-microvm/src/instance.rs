@@ -1,0 +1,663 @@
+// SPDX-License-Identifier: Apache-2.0
+//! One running microVM sandbox, and pausing, resuming, adopting and cleaning up.
+//!
+//! Pause is crash-safe by ordering, with a marker (`pause.intent` in the state
+//! directory) written first:
+//! 1. memory pause: stop the vCPUs, stream memory + devices into `vm.state` under a
+//!    temporary name, fsync, rename; filesystem pause: sync the guest's filesystems
+//!    (SysRq `s` over the serial console), stop the vCPUs;
+//! 2. quit QEMU (it flushes and closes the disk);
+//! 3. fsync the overlay and move it into the pause directory;
+//! 4. write `paused.json` (atomically) — from here on the pause is complete;
+//! 5. remove the marker, cgroups and sockets.
+//!
+//! A failure before step 2 resumes the VM (it keeps running). After a crash, adopt
+//! sees either a stopped QEMU without a complete pause (it deletes the partial state
+//! and resumes the VM) or no QEMU; then cleanup finishes a pause whose state is
+//! complete (steps 3–5) instead of deleting its disk.
+
+use crate::cgroup::VmCgroup;
+use crate::fsutil;
+use crate::image;
+use crate::launch::{self, LaunchTimings, Launched};
+use crate::qmp::{Qmp, QmpError};
+use crate::runtime::{Inner, MicroVmError, io_err};
+use crate::state::{self, InstanceState, PauseIntent, PauseRecord, SavedKind, VmManifest};
+use crate::vm::{self, VmProcess};
+use async_trait::async_trait;
+use hearth_runtime::{
+    Instance, PauseMode, PausedState, Resources, RuntimeError, SandboxSpec, Stats,
+};
+use hearth_types::SandboxId;
+use serde_json::json;
+use std::fs::{self, OpenOptions};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Printed by the guest kernel when an emergency sync finished.
+const SYNC_DONE: &str = "Emergency Sync complete";
+
+/// A running microVM.
+#[derive(Debug)]
+pub struct MicroVmInstance {
+    id: SandboxId,
+    envd: SocketAddr,
+    state: InstanceState,
+    resources: Resources,
+    state_dir: PathBuf,
+    process: Mutex<VmProcess>,
+    qmp: Mutex<Option<Qmp>>,
+    cgroup: VmCgroup,
+    timings: LaunchTimings,
+    gone: bool,
+}
+
+impl MicroVmInstance {
+    pub(crate) fn new(
+        id: SandboxId,
+        envd: SocketAddr,
+        resources: Resources,
+        state_dir: PathBuf,
+        launched: Launched,
+    ) -> Self {
+        Self {
+            id,
+            envd,
+            state: launched.state,
+            resources,
+            state_dir,
+            process: Mutex::new(launched.process),
+            qmp: Mutex::new(Some(launched.qmp)),
+            cgroup: launched.cgroup,
+            timings: launched.timings,
+            gone: false,
+        }
+    }
+
+    /// How long the start took, step by step (zero for adopted instances).
+    pub fn timings(&self) -> LaunchTimings {
+        self.timings
+    }
+
+    /// QEMU's pid.
+    pub fn pid(&self) -> u32 {
+        self.state.pid
+    }
+
+    /// The sandbox log (serial console and QEMU's messages).
+    pub fn console_log(&self) -> PathBuf {
+        launch::console_log_path(&self.state_dir)
+    }
+
+    /// The disk overlay.
+    pub fn disk(&self) -> &Path {
+        &self.state.disk
+    }
+
+    /// The cgroups QEMU runs in.
+    pub fn cgroup(&self) -> &VmCgroup {
+        &self.cgroup
+    }
+
+    async fn qmp_step(&self, step: &'static str, cmd: &str) -> Result<(), MicroVmError> {
+        let mut guard = self.qmp.lock().await;
+        let q = guard.as_mut().ok_or(MicroVmError::Qmp {
+            step,
+            err: QmpError::Closed,
+        })?;
+        q.execute(cmd, None)
+            .await
+            .map(drop)
+            .map_err(|err| MicroVmError::Qmp { step, err })
+    }
+
+    /// Ends QEMU: `quit` over QMP, then SIGKILL if it lingers.
+    async fn stop_process(&self) -> Result<(), MicroVmError> {
+        let mut process = self.process.lock().await;
+        if process.is_alive() {
+            if let Some(q) = self.qmp.lock().await.as_mut() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), q.quit()).await;
+            }
+            if !process.wait_exit(Duration::from_secs(5)).await {
+                tracing::warn!(sandbox_id = %self.id, "QEMU ignored quit; killing it");
+                process.kill_and_wait().await.map_err(MicroVmError::Vm)?;
+            }
+        } else {
+            // Reap it if it was our child.
+            let _ = process.wait_exit(Duration::from_millis(100)).await;
+        }
+        *self.qmp.lock().await = None;
+        Ok(())
+    }
+
+    /// Removes cgroups and sockets (not the disk).
+    async fn release(&self) -> Result<(), MicroVmError> {
+        let cg = self.cgroup.remove(Duration::from_secs(3)).await;
+        for p in [&self.state.qmp, &self.state.console_sock] {
+            fsutil::remove_file_if_exists(p).map_err(io_err("remove", p))?;
+        }
+        cg.map_err(MicroVmError::Cgroup)
+    }
+
+    /// Asks the guest kernel to write all dirty data (SysRq `s` over the serial
+    /// console) and waits for it to report completion.
+    async fn guest_sync(&self) -> Result<(), MicroVmError> {
+        use tokio::io::AsyncWriteExt;
+        let log = self.console_log();
+        let before = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let mut sock = tokio::net::UnixStream::connect(&self.state.console_sock)
+            .await
+            .map_err(io_err("connect to", &self.state.console_sock))?;
+        {
+            let mut guard = self.qmp.lock().await;
+            let q = guard.as_mut().ok_or(MicroVmError::Qmp {
+                step: "send SysRq",
+                err: QmpError::Closed,
+            })?;
+            q.execute("chardev-send-break", Some(json!({"id": "con"})))
+                .await
+                .map_err(|err| MicroVmError::Qmp {
+                    step: "send a break to the console",
+                    err,
+                })?;
+        }
+        sock.write_all(b"s")
+            .await
+            .map_err(io_err("write to", &self.state.console_sock))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut sink = [0u8; 4096];
+        loop {
+            // Drain what the guest prints to the socket so its console never blocks.
+            while let Ok(n) = sock.try_read(&mut sink) {
+                if n == 0 {
+                    break;
+                }
+            }
+            if console_since(&log, before).contains(SYNC_DONE) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MicroVmError::BadState {
+                    dir: self.state_dir.clone(),
+                    reason: "the guest did not confirm the filesystem sync".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Streams memory + devices of the stopped VM into `out` (fsynced).
+    async fn save_full_state(&self, out: &Path) -> Result<u64, MicroVmError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(out)
+            .map_err(io_err("create", out))?;
+        {
+            let mut guard = self.qmp.lock().await;
+            let q = guard.as_mut().ok_or(MicroVmError::Qmp {
+                step: "save the VM",
+                err: QmpError::Closed,
+            })?;
+            migrate_to(q, file.as_fd(), false).await?;
+        }
+        file.sync_all().map_err(io_err("sync", out))?;
+        Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
+    }
+
+    async fn pause_inner(&self, memory: bool, dir: &Path) -> Result<PausedState, MicroVmError> {
+        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        let intent = PauseIntent {
+            dir: dir.to_owned(),
+            memory,
+            resources: self.resources,
+            machine: self.state.machine.clone(),
+        };
+        let intent_path = self.state_dir.join(state::PAUSE_INTENT);
+        fsutil::write_atomic(
+            &intent_path,
+            &serde_json::to_vec(&intent).expect("intent serialises"),
+        )
+        .map_err(io_err("write", &intent_path))?;
+        let full = dir.join(state::FULL_STATE);
+        let saved = if memory {
+            self.qmp_step("stop the vCPUs", "stop").await?;
+            let tmp = fsutil::temp_sibling(&full);
+            match self.save_full_state(&tmp).await {
+                Ok(bytes) => {
+                    fs::rename(&tmp, &full).map_err(io_err("rename", &tmp))?;
+                    fsutil::sync_dir(dir).map_err(io_err("sync", dir))?;
+                    Some(bytes)
+                }
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            }
+        } else {
+            // Without the guest's dirty pages the disk is not what the guest believes
+            // it wrote; a sync failure is logged, not fatal (the data the guest had
+            // flushed itself is still safe).
+            if let Err(err) = self.guest_sync().await {
+                tracing::warn!(sandbox_id = %self.id, error = %hearth_types::ErrorChain(&err), "guest filesystem sync failed");
+            }
+            self.qmp_step("stop the vCPUs", "stop").await?;
+            None
+        };
+        // From here the VM is not resumed on error: the saved state is the truth.
+        self.stop_process().await?;
+        let record = finish_pause(&intent, &self.state.disk, &self.state_dir, saved)?;
+        self.release().await?;
+        Ok(paused_state(&record))
+    }
+}
+
+/// Steps 3–5 of a pause, once QEMU is gone: move the disk, write the record, drop the
+/// marker. `saved` is the size of `vm.state` for memory pauses.
+fn finish_pause(
+    intent: &PauseIntent,
+    disk: &Path,
+    state_dir: &Path,
+    saved: Option<u64>,
+) -> Result<PauseRecord, MicroVmError> {
+    let dir = &intent.dir;
+    let target = dir.join(state::DISK);
+    if disk != target {
+        fs::File::open(disk)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("sync", disk))?;
+        move_file(disk, &target)?;
+        fsutil::sync_dir(state_dir).map_err(io_err("sync", state_dir))?;
+    }
+    fsutil::sync_dir(dir).map_err(io_err("sync", dir))?;
+    let vm = saved.map(|bytes| VmManifest {
+        format: state::FORMAT,
+        kind: SavedKind::Full,
+        state_file: state::FULL_STATE.into(),
+        memory_file: None,
+        memory_mb: intent.machine.memory_mb,
+        vcpus: intent.machine.vcpus,
+        accel: intent.machine.accel,
+        legacy_timers: intent.machine.legacy_timers,
+        fingerprint: intent.machine.fingerprint.clone(),
+        qemu_version: intent.machine.qemu_version.clone(),
+        guest: intent.machine.guest.clone(),
+        state_bytes: bytes,
+    });
+    if let Some(vm) = &vm {
+        // The pause directory doubles as a saved VM (`Artifacts::vm_state`) for
+        // snapshots built on it.
+        vm.write(dir).map_err(io_err("write", dir))?;
+    }
+    let record = PauseRecord {
+        dir: dir.clone(),
+        memory: vm.is_some(),
+        vm,
+        machine: intent.machine.clone(),
+        resources: intent.resources,
+    };
+    let path = dir.join(state::PAUSE_RECORD);
+    fsutil::write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(&record).expect("record serialises"),
+    )
+    .map_err(io_err("write", &path))?;
+    let intent_path = state_dir.join(state::PAUSE_INTENT);
+    fsutil::remove_file_if_exists(&intent_path).map_err(io_err("remove", &intent_path))?;
+    Ok(record)
+}
+
+/// Renames `from` to `to`, copying across filesystems.
+fn move_file(from: &Path, to: &Path) -> Result<(), MicroVmError> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(err) if err.raw_os_error() == Some(nix::libc::EXDEV) => {
+            let tmp = fsutil::temp_sibling(to);
+            fs::copy(from, &tmp).map_err(io_err("copy", from))?;
+            fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("sync", &tmp))?;
+            fs::rename(&tmp, to).map_err(io_err("rename", &tmp))?;
+            fs::remove_file(from).map_err(io_err("remove", from))
+        }
+        Err(err) => Err(io_err("move", from)(err)),
+    }
+}
+
+/// The `PausedState` for a record.
+pub(crate) fn paused_state(r: &PauseRecord) -> PausedState {
+    PausedState {
+        mode: if r.memory {
+            PauseMode::Full
+        } else {
+            PauseMode::Filesystem
+        },
+        data: serde_json::to_value(r).expect("record serialises"),
+    }
+}
+
+/// The record of a complete pause in `dir`.
+pub(crate) fn read_pause_record(dir: &Path) -> Option<PauseRecord> {
+    let bytes = fs::read(dir.join(state::PAUSE_RECORD)).ok()?;
+    let r: PauseRecord = serde_json::from_slice(&bytes).ok()?;
+    let complete = r.disk().is_file() && (!r.memory || dir.join(state::FULL_STATE).is_file());
+    complete.then_some(r)
+}
+
+fn read_intent(state_dir: &Path) -> Option<PauseIntent> {
+    let bytes = fs::read(state_dir.join(state::PAUSE_INTENT)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn console_since(log: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = fs::File::open(log) else {
+        return String::new();
+    };
+    let mut s = Vec::new();
+    let _ = f
+        .seek(SeekFrom::Start(offset))
+        .and_then(|_| f.read_to_end(&mut s));
+    String::from_utf8_lossy(&s).into_owned()
+}
+
+/// Saves the stopped VM into `fd` (QMP `getfd` + `migrate fd:`).
+pub(crate) async fn migrate_to(
+    q: &mut Qmp,
+    fd: std::os::fd::BorrowedFd<'_>,
+    ignore_shared: bool,
+) -> Result<serde_json::Value, MicroVmError> {
+    let e = |step| move |err| MicroVmError::Qmp { step, err };
+    q.set_capabilities(&[("x-ignore-shared", ignore_shared)])
+        .await
+        .map_err(e("set migration capabilities"))?;
+    // Without this QEMU throttles to 32 MiB/s; the VM is stopped, nothing is gained.
+    q.execute(
+        "migrate-set-parameters",
+        Some(json!({"max-bandwidth": 1u64 << 40, "downtime-limit": 60_000})),
+    )
+    .await
+    .map_err(e("set migration parameters"))?;
+    q.execute_with_fd("getfd", Some(json!({"fdname": "hearth-save"})), fd)
+        .await
+        .map_err(e("pass the state file"))?;
+    q.execute("migrate", Some(json!({"uri": "fd:hearth-save"})))
+        .await
+        .map_err(e("start saving the VM"))?;
+    q.wait_migration(Duration::from_secs(600))
+        .await
+        .map_err(e("save the VM"))
+}
+
+#[async_trait]
+impl Instance for MicroVmInstance {
+    fn envd_addr(&self) -> SocketAddr {
+        self.envd
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.state).expect("instance state serialises")
+    }
+
+    fn is_alive(&self) -> bool {
+        !self.gone && vm::is_alive(self.state.pid, self.state.start_time)
+    }
+
+    async fn kill(&mut self) -> Result<(), RuntimeError> {
+        if self.gone {
+            return Ok(());
+        }
+        let id = self.id.clone();
+        let op = |e| RuntimeError::op(&id, "kill", e);
+        self.stop_process().await.map_err(op)?;
+        let released = self.release().await;
+        let disk = fsutil::remove_file_if_exists(&self.state.disk)
+            .map_err(io_err("remove", &self.state.disk));
+        self.gone = true;
+        released.map_err(op)?;
+        disk.map_err(op)
+    }
+
+    async fn stats(&self) -> Result<Stats, RuntimeError> {
+        let (used, cache) = self.cgroup.memory();
+        let disk_used = image::allocated_size(&self.state.disk).unwrap_or(0);
+        let disk_total = image::virtual_size(&self.state.disk).unwrap_or(0);
+        Ok(Stats {
+            cpu_count: self.state.machine.vcpus,
+            cpu_time_ns: self.cgroup.cpu_time_ns(),
+            mem_used: used.saturating_sub(cache),
+            mem_total: u64::from(self.state.machine.memory_mb) << 20,
+            mem_cache: cache,
+            disk_used,
+            disk_total,
+        })
+    }
+
+    async fn pause(&mut self, memory: bool, dir: &Path) -> Result<PausedState, RuntimeError> {
+        if self.gone {
+            return Err(RuntimeError::op(&self.id, "pause", "the VM is gone"));
+        }
+        match self.pause_inner(memory, dir).await {
+            Ok(p) => {
+                self.gone = true;
+                Ok(p)
+            }
+            Err(err) => {
+                let running = vm::is_alive(self.state.pid, self.state.start_time);
+                if running {
+                    // Undo: the VM keeps running as if nothing happened.
+                    let _ = fs::remove_file(dir.join(state::FULL_STATE));
+                    let _ = fs::remove_file(self.state_dir.join(state::PAUSE_INTENT));
+                    if let Err(e) = self.qmp_step("resume the vCPUs", "cont").await {
+                        tracing::error!(sandbox_id = %self.id, error = %hearth_types::ErrorChain(&e), "cannot resume VM after failed pause");
+                    }
+                } else {
+                    self.gone = true;
+                }
+                Err(RuntimeError::op(&self.id, "pause", err))
+            }
+        }
+    }
+}
+
+/// Finds the VM of a previous hearth process again.
+pub(crate) async fn adopt(
+    inner: &Arc<Inner>,
+    spec: &SandboxSpec,
+    st: InstanceState,
+) -> Result<Option<MicroVmInstance>, MicroVmError> {
+    let name = format!("hearth-{}", spec.id.as_str());
+    if !vm::is_alive(st.pid, st.start_time)
+        || !vm::proc_cmdline(st.pid)
+            .iter()
+            .any(|a| a.split(',').next() == Some(name.as_str()))
+    {
+        return Ok(None);
+    }
+    let mut process = VmProcess::adopted(st.pid, st.start_time);
+    let connected = tokio::time::timeout(Duration::from_secs(5), Qmp::connect(&st.qmp)).await;
+    let mut qmp = match connected {
+        Ok(Ok(q)) => q,
+        _ => {
+            // A QEMU we cannot control is of no use: end it; cleanup does the rest.
+            tracing::warn!(sandbox_id = %spec.id, "adopted QEMU has no working QMP socket; killing it");
+            process.kill_and_wait().await.map_err(MicroVmError::Vm)?;
+            return Ok(None);
+        }
+    };
+    let status = qmp.status().await.map_err(|err| MicroVmError::Qmp {
+        step: "query the VM",
+        err,
+    })?;
+    if let Some(intent) = read_intent(&spec.state_dir) {
+        if read_pause_record(&intent.dir).is_some()
+            || (intent.memory
+                && intent.dir.join(state::FULL_STATE).is_file()
+                && status != "running")
+        {
+            // The pause got far enough to be the truth: finish it, report the VM gone.
+            let _ = tokio::time::timeout(Duration::from_secs(2), qmp.quit()).await;
+            if !process.wait_exit(Duration::from_secs(5)).await {
+                process.kill_and_wait().await.map_err(MicroVmError::Vm)?;
+            }
+            cleanup(inner, spec, Some(st)).await?;
+            return Ok(None);
+        }
+        // Not far enough: forget it and keep running.
+        let _ = fs::remove_file(intent.dir.join(state::FULL_STATE));
+        fsutil::remove_file_if_exists(&spec.state_dir.join(state::PAUSE_INTENT))
+            .map_err(io_err("remove", &spec.state_dir))?;
+    }
+    if status != "running" {
+        qmp.execute("cont", None)
+            .await
+            .map_err(|err| MicroVmError::Qmp {
+                step: "resume the VM",
+                err,
+            })?;
+    }
+    let cgroup = inner.cgroup(spec.id.as_str());
+    let envd = SocketAddr::from((spec.slot.host_addr, hearth_runtime::ENVD_PORT));
+    Ok(Some(MicroVmInstance::new(
+        spec.id.clone(),
+        envd,
+        spec.resources,
+        spec.state_dir.clone(),
+        Launched {
+            process,
+            qmp,
+            cgroup,
+            state: st,
+            timings: LaunchTimings::default(),
+        },
+    )))
+}
+
+/// Removes what a dead VM left; finishes an interrupted pause whose state is complete.
+pub(crate) async fn cleanup(
+    inner: &Arc<Inner>,
+    spec: &SandboxSpec,
+    st: Option<InstanceState>,
+) -> Result<(), MicroVmError> {
+    let name = format!("hearth-{}", spec.id.as_str());
+    if let Some(st) = &st
+        && vm::is_alive(st.pid, st.start_time)
+        && vm::proc_cmdline(st.pid)
+            .iter()
+            .any(|a| a.split(',').next() == Some(name.as_str()))
+    {
+        VmProcess::adopted(st.pid, st.start_time)
+            .kill_and_wait()
+            .await
+            .map_err(MicroVmError::Vm)?;
+    }
+    let disk = st
+        .as_ref()
+        .map_or_else(|| spec.state_dir.join(state::DISK), |s| s.disk.clone());
+    if let Some(intent) = read_intent(&spec.state_dir) {
+        let full = intent.dir.join(state::FULL_STATE);
+        let has_state = full.is_file();
+        if read_pause_record(&intent.dir).is_none()
+            && (has_state || !intent.memory)
+            && disk.is_file()
+        {
+            let saved = if intent.memory {
+                Some(fs::metadata(&full).map(|m| m.len()).unwrap_or(0))
+            } else {
+                None
+            };
+            finish_pause(&intent, &disk, &spec.state_dir, saved)?;
+            tracing::info!(sandbox_id = %spec.id, dir = %intent.dir.display(), "finished a pause interrupted by a restart");
+        } else {
+            fsutil::remove_file_if_exists(&spec.state_dir.join(state::PAUSE_INTENT))
+                .map_err(io_err("remove", &spec.state_dir))?;
+        }
+    }
+    inner
+        .cgroup(spec.id.as_str())
+        .remove(Duration::from_secs(3))
+        .await
+        .map_err(MicroVmError::Cgroup)?;
+    for p in [
+        launch::qmp_path(&spec.state_dir),
+        launch::console_sock_path(&spec.state_dir),
+    ] {
+        fsutil::remove_file_if_exists(&p).map_err(io_err("remove", &p))?;
+    }
+    // Only the running VM's overlay; a paused one lives in its pause directory.
+    if disk.starts_with(&spec.state_dir) {
+        fsutil::remove_file_if_exists(&disk).map_err(io_err("remove", &disk))?;
+    }
+    Ok(())
+}
+
+/// Starts a paused sandbox again. On success the pause is consumed (its state file
+/// and record are removed); on failure it is left intact.
+pub(crate) async fn resume(
+    inner: &Arc<Inner>,
+    spec: &SandboxSpec,
+    record: PauseRecord,
+) -> Result<MicroVmInstance, MicroVmError> {
+    fs::create_dir_all(&spec.state_dir).map_err(io_err("create", &spec.state_dir))?;
+    let paused_disk = record.disk();
+    let disk = spec.state_dir.join(state::DISK);
+    // An earlier resume may have been interrupted after moving the disk.
+    if !disk.is_file() {
+        if !paused_disk.is_file() {
+            return Err(MicroVmError::BadState {
+                dir: record.dir.clone(),
+                reason: "its disk is missing".into(),
+            });
+        }
+        move_file(&paused_disk, &disk)?;
+    }
+    let plan = if record.memory {
+        let vm_dir = &record.dir;
+        match inner
+            .restore_plan(vm_dir, record.machine.memory_mb, record.machine.vcpus)
+            .await
+        {
+            Ok(Some(plan)) => Some(plan),
+            Ok(None) => {
+                let _ = move_file(&disk, &paused_disk);
+                return Err(MicroVmError::BadState {
+                    dir: vm_dir.clone(),
+                    reason: "the saved memory cannot be restored on this host".into(),
+                });
+            }
+            Err(e) => {
+                let _ = move_file(&disk, &paused_disk);
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    let mut shaped = spec.clone();
+    shaped.resources.memory_mb = record.machine.memory_mb;
+    shaped.resources.cpu_count = record.machine.vcpus;
+    match inner.start_sandbox(&shaped, disk.clone(), plan).await {
+        Ok(i) => {
+            for f in [state::FULL_STATE, state::MANIFEST, state::PAUSE_RECORD] {
+                let p = record.dir.join(f);
+                if let Err(err) = fsutil::remove_file_if_exists(&p) {
+                    tracing::warn!(sandbox_id = %spec.id, path = %p.display(), error = %err, "cannot remove consumed pause file");
+                }
+            }
+            Ok(i)
+        }
+        Err(e) => {
+            if let Err(err) = move_file(&disk, &paused_disk) {
+                tracing::error!(sandbox_id = %spec.id, error = %hearth_types::ErrorChain(&err), "cannot put the disk back into the pause");
+            }
+            Err(e)
+        }
+    }
+}
