@@ -7,5 +7,14 @@
 //! [`cmd::execute`], whose error keeps argv, status and output.
 #![allow(unsafe_code)]
 
+pub mod btrfs;
+pub mod caps;
+pub mod cgroup;
+pub mod clone;
 pub mod cmd;
+pub mod mount;
+pub mod ns;
+pub mod pidfd;
 pub mod process;
+pub mod seccomp;
+mod util;
