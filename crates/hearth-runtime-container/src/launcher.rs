@@ -8,7 +8,8 @@
 //! 2. Create `upper/`, `work/`, `rootfs/` and the `/etc` files.
 //! 3. Create the cgroups and write the limits.
 //! 4. Clone init into new user, mount, pid, uts and ipc namespaces, from a short-lived
-//!    thread that has joined the sandbox's network namespace; init waits.
+//!    thread that has joined the sandbox's network namespace, sharing the server's
+//!    memory until exec (no copy, no copy-on-write faults); init waits.
 //! 5. Write init's uid/gid maps and move it into the cgroups.
 //! 6. Build the overlay with layers idmapped through init's user namespace, and the
 //!    read-only `/sys` clone, both as detached mounts.
@@ -26,14 +27,15 @@ use crate::spec::ContainerSpec;
 use crate::{ContainerError, volume};
 use hearth_sys::caps;
 use hearth_sys::cgroup;
-use hearth_sys::clone::{self, ChildProgram, PendingChild};
+use hearth_sys::clone;
 use hearth_sys::ns::{self, NsKind};
 use hearth_sys::pidfd;
 use hearth_sys::seccomp::SeccompProgram;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The namespaces init is cloned into. The cgroup namespace comes later (init
@@ -187,15 +189,17 @@ impl Launcher {
         // 3.
         cgroups.create(&spec.limits)?;
         // 4.
-        let program = plan::build(
-            spec,
-            &paths,
-            &Prepared {
-                seccomp: &self.seccomp,
-                last_cap: self.last_cap,
-            },
-        )
-        .map_err(ContainerError::Program)?;
+        let program = Arc::new(
+            plan::build(
+                spec,
+                &paths,
+                &Prepared {
+                    seccomp: &self.seccomp,
+                    last_cap: self.last_cap,
+                },
+            )
+            .map_err(ContainerError::Program)?,
+        );
         let output = match &spec.output {
             Some(path) => Some(
                 fs::OpenOptions::new()
@@ -211,10 +215,17 @@ impl Launcher {
         };
         let out = output.as_ref().unwrap_or(&self.devnull);
         let stdio = [self.devnull.as_fd(), out.as_fd(), out.as_fd()];
-        let pending = match &spec.netns {
-            Some(path) => self.spawn_in_netns(&program, path, stdio)?,
-            None => clone::spawn(&program, &NAMESPACES, stdio).map_err(ContainerError::Start)?,
+        let netns = match &spec.netns {
+            Some(path) => Some(ns::open_ns(path).map_err(|err| ContainerError::Netns {
+                path: path.clone(),
+                err,
+            })?),
+            None => None,
         };
+        // The clone happens on a short-lived thread that joins `netns` first, so
+        // init is born there while the caller's thread never changes namespace.
+        let pending =
+            clone::spawn(&program, &NAMESPACES, stdio, netns).map_err(ContainerError::Start)?;
         let pid = pending.pid();
         // 5.
         let map = spec.id_range.map_line();
@@ -241,34 +252,6 @@ impl Launcher {
         state.pid = pid;
         state.start_time = start_time;
         Ok(Container::new(state, spawned.pidfd, true, cgroups.clone()))
-    }
-
-    /// Clones init from a short-lived thread that joins `netns` first, so init is
-    /// born there while the caller's thread never changes namespace.
-    fn spawn_in_netns<'p>(
-        &self,
-        program: &'p ChildProgram,
-        netns: &Path,
-        stdio: [std::os::fd::BorrowedFd<'_>; 3],
-    ) -> Result<PendingChild<'p>, ContainerError> {
-        let netns_err = |err| ContainerError::Netns {
-            path: netns.to_owned(),
-            err,
-        };
-        let fd: OwnedFd = ns::open_ns(netns).map_err(netns_err)?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                ns::setns(fd.as_fd(), NsKind::Net).map_err(netns_err)?;
-                clone::spawn(program, &NAMESPACES, stdio).map_err(ContainerError::Start)
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(ContainerError::Netns {
-                    path: netns.to_owned(),
-                    err: io::Error::other("clone thread panicked"),
-                })
-            })
-        })
     }
 
     /// Re-attaches to a sandbox launched earlier (by this or a previous server
