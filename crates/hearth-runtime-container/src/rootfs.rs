@@ -16,6 +16,9 @@
 
 use crate::spec::ContainerSpec;
 use hearth_sys::mount::{self, FsContext, MountAttrFlags};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
@@ -118,10 +121,18 @@ fn etc_mode(layers: &[PathBuf]) -> u32 {
 }
 
 /// Writes the files that name the sandbox into the writable layer.
+///
+/// `upper` may hold what an earlier run of the sandbox left (a resumed writable
+/// layer), so nothing below it is trusted: every step is relative to a directory
+/// fd and never follows a symlink, and an `etc` or file entry of the wrong type is
+/// replaced. Otherwise a sandbox could plant `etc -> /etc` and have the host's own
+/// files overwritten here.
 fn write_etc(spec: &ContainerSpec, upper: &Path) -> Result<(), RootfsError> {
     let root = spec.id_range.host_start();
+    let upper_fd = open_dir_nofollow(None, upper).map_err(prepare_err(upper))?;
     let etc = upper.join("etc");
-    owned_dir(&etc, etc_mode(&spec.layers), Some(root))?;
+    let etc_fd = owned_subdir(upper_fd.as_fd(), "etc", etc_mode(&spec.layers), root)
+        .map_err(prepare_err(&etc))?;
 
     let name = &spec.hostname;
     let mut hosts =
@@ -129,30 +140,74 @@ fn write_etc(spec: &ContainerSpec, upper: &Path) -> Result<(), RootfsError> {
     if let Some(addr) = spec.address {
         let _ = writeln!(hosts, "{addr}\t{name}");
     }
-    write_owned(&etc.join("hosts"), hosts.as_bytes(), root)?;
-    write_owned(&etc.join("hostname"), format!("{name}\n").as_bytes(), root)?;
+    let mut files = vec![("hosts", hosts), ("hostname", format!("{name}\n"))];
     if !spec.nameservers.is_empty() {
         let mut resolv = String::new();
         for ns in &spec.nameservers {
             let _ = writeln!(resolv, "nameserver {ns}");
         }
-        write_owned(&etc.join("resolv.conf"), resolv.as_bytes(), root)?;
+        files.push(("resolv.conf", resolv));
+    }
+    for (file, contents) in files {
+        write_owned(etc_fd.as_fd(), file, contents.as_bytes(), root)
+            .map_err(prepare_err(&etc.join(file)))?;
     }
     Ok(())
 }
 
-fn write_owned(path: &Path, contents: &[u8], owner: u32) -> Result<(), RootfsError> {
+/// Opens directory `name` (relative to `dir`, or absolute) without following a
+/// symlink in its last component.
+fn open_dir_nofollow(dir: Option<BorrowedFd<'_>>, name: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = match dir {
+        Some(dir) => nix::fcntl::openat(dir, name, flags, Mode::empty()),
+        None => nix::fcntl::open(name, flags, Mode::empty()),
+    };
+    fd.map_err(io::Error::from)
+}
+
+/// Opens (creating if missing, replacing if not a directory) the subdirectory
+/// `name` of `dir`, owned by host `owner`.
+fn owned_subdir(dir: BorrowedFd<'_>, name: &str, mode: u32, owner: u32) -> io::Result<OwnedFd> {
+    match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(mode)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let fd = match open_dir_nofollow(Some(dir), Path::new(name)) {
+        Ok(fd) => fd,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+            nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(mode))?;
+            open_dir_nofollow(Some(dir), Path::new(name))?
+        }
+        Err(e) => return Err(e),
+    };
+    nix::unistd::fchown(&fd, Some(owner.into()), Some(owner.into()))?;
+    Ok(fd)
+}
+
+/// Writes `contents` to the regular file `name` in `dir`, owned by host `owner`;
+/// a symlink, whiteout or other non-regular entry there is replaced.
+fn write_owned(dir: BorrowedFd<'_>, name: &str, contents: &[u8], owner: u32) -> io::Result<()> {
     use std::io::Write as _;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(prepare_err(path))?;
-    f.write_all(contents).map_err(prepare_err(path))?;
-    std::os::unix::fs::fchown(&f, Some(owner), Some(owner)).map_err(prepare_err(path))?;
+    let flags = OFlag::O_WRONLY
+        | OFlag::O_CREAT
+        | OFlag::O_TRUNC
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_CLOEXEC;
+    let mode = Mode::from_bits_truncate(0o644);
+    let regular = nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+    match regular {
+        Ok(true) | Err(Errno::ENOENT) => {}
+        Ok(false) => nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)?,
+        Err(e) => return Err(e.into()),
+    }
+    let fd = nix::fcntl::openat(dir, name, flags, mode)?;
+    let mut file = fs::File::from(fd);
+    file.write_all(contents)?;
+    nix::unistd::fchown(&file, Some(owner.into()), Some(owner.into()))?;
     Ok(())
 }
 

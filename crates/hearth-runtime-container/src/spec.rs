@@ -10,8 +10,23 @@ use std::path::PathBuf;
 /// Ranges of live sandboxes must not overlap; the start doubles as the sandbox's
 /// XFS project id for the disk limit, so it is unique among them too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
 pub struct IdRange {
     host_start: u32,
+}
+
+impl TryFrom<u32> for IdRange {
+    type Error = SpecError;
+
+    fn try_from(host_start: u32) -> Result<Self, SpecError> {
+        Self::new(host_start)
+    }
+}
+
+impl From<IdRange> for u32 {
+    fn from(range: IdRange) -> u32 {
+        range.host_start
+    }
 }
 
 impl IdRange {
@@ -333,6 +348,16 @@ mod tests {
         let mut spec = sample();
         spec.env = vec![("A=B".into(), "c".into())];
         assert!(matches!(spec.validate(), Err(SpecError::Exec { .. })));
+    }
+
+    #[test]
+    fn id_range_deserializes_only_when_valid() {
+        assert_eq!(
+            serde_json::to_string(&IdRange::new(65536).unwrap()).unwrap(),
+            "65536"
+        );
+        assert!(serde_json::from_str::<IdRange>("65536").is_ok());
+        assert!(serde_json::from_str::<IdRange>("0").is_err());
     }
 
     #[test]

@@ -294,3 +294,25 @@ fn duplicate_id_is_rejected_without_harming_the_first() -> Result<()> {
     drop(first);
     Ok(())
 }
+
+#[test]
+fn planted_etc_symlink_in_a_resumed_upper_is_not_followed() -> Result<()> {
+    if !privileged() {
+        return Ok(());
+    }
+    let base = state_base();
+    let victim = tempfile::tempdir()?;
+    fs::write(victim.path().join("hosts"), "the host's file")?;
+    let spec = script(base.path(), "cat /etc/hostname; readlink /etc || echo real");
+    // What an earlier run of the sandbox could have left in its writable layer.
+    fs::create_dir_all(spec.state_dir.join("upper"))?;
+    std::os::unix::fs::symlink(victim.path(), spec.state_dir.join("upper/etc"))?;
+    let out = run_to_end(&spec)?;
+    assert_eq!(out, format!("{}\nreal\n", spec.hostname));
+    assert_eq!(
+        fs::read_to_string(victim.path().join("hosts"))?,
+        "the host's file"
+    );
+    assert!(!victim.path().join("hostname").exists());
+    Ok(())
+}
