@@ -58,7 +58,10 @@ pub struct ContainerStats {
 /// A running (or exited but not yet torn down) sandbox.
 ///
 /// Dropping the handle leaves the sandbox running, so that a restarted server can
-/// [`crate::Launcher::adopt`] it; [`Container::kill`] tears it down.
+/// [`crate::Launcher::adopt`] it; [`Container::kill`] tears it down. Init is a
+/// child of the launching process: when it exits on its own it stays a zombie until
+/// [`Container::try_wait`], [`Container::wait`] or [`Container::kill`] reaps it, so
+/// a server should watch [`Container::pidfd`] (readable on exit).
 #[derive(Debug)]
 pub struct Container {
     state: Persisted,

@@ -76,7 +76,7 @@ impl Default for LauncherConfig {
 #[derive(Debug)]
 pub struct Launcher {
     controllers: Controllers,
-    seccomp: [SeccompProgram; 2],
+    seccomp: SeccompProgram,
     last_cap: u32,
     devnull: fs::File,
 }
@@ -104,7 +104,7 @@ impl Launcher {
                 ),
             }
         }
-        let seccomp = security::seccomp_programs()?;
+        let seccomp = security::seccomp_program()?;
         let last_cap = caps::last_cap().map_err(|err| ContainerError::Open {
             path: "/proc/sys/kernel/cap_last_cap".into(),
             err,

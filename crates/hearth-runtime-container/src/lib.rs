@@ -61,7 +61,7 @@ pub use cgroups::CgroupError;
 pub use container::{Container, ContainerStats, Exit, Persisted, remove_state_dir};
 pub use launcher::{Launcher, LauncherConfig};
 pub use rootfs::RootfsError;
-pub use security::{DEFAULT_CAPABILITIES, SecurityError};
+pub use security::{DEFAULT_CAPABILITIES, SecurityError, seccomp_policy};
 pub use spec::{ContainerSpec, IdRange, Limits, SpecError};
 pub use volume::{DataVolume, VolumeError, ensure_data_volume, supports_disk_limits};
 

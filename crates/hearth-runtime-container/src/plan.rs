@@ -72,7 +72,7 @@ const READ_ONLY: [&str; 5] = [
 /// Inputs prepared once per launcher.
 #[derive(Debug)]
 pub(crate) struct Prepared<'a> {
-    pub(crate) seccomp: &'a [SeccompProgram; 2],
+    pub(crate) seccomp: &'a SeccompProgram,
     pub(crate) last_cap: u32,
 }
 
@@ -213,11 +213,9 @@ pub(crate) fn build(
         keep: DEFAULT_CAPABILITIES,
         last_cap: prepared.last_cap,
     });
-    for program in prepared.seccomp {
-        p.push(Step::Seccomp {
-            program: program.clone(),
-        });
-    }
+    p.push(Step::Seccomp {
+        program: prepared.seccomp.clone(),
+    });
     p.push(Step::SetCapabilities {
         set: DEFAULT_CAPABILITIES,
     });
@@ -246,7 +244,7 @@ mod tests {
             env: vec![],
             output: None,
         };
-        let seccomp = crate::security::seccomp_programs().unwrap();
+        let seccomp = crate::security::seccomp_program().unwrap();
         let prepared = Prepared {
             seccomp: &seccomp,
             last_cap: 40,

@@ -6,21 +6,16 @@
 //! everything else fails with `EPERM`, `clone` without namespace flags, `personality`
 //! limited to the harmless personas, `socket` without `AF_VSOCK`, and `clone3`
 //! failing with `ENOSYS` so that libc falls back to the inspectable `clone`. It is
-//! one notch stricter: `io_uring_*` is denied, as current Docker releases do.
-//!
-//! Two filters are installed. The kernel runs both and takes the most restrictive
-//! verdict, so the second one (only `clone3` -> `ENOSYS`) overrides the first's allow.
+//! one notch stricter: `io_uring_*` is denied, as current Docker releases do, and
+//! so are x32-ABI numbers and every foreign architecture (killed).
 //!
 //! no_new_privs is not set: `sudo` inside the sandbox must keep working. The
 //! bounding set caps what any setuid program can gain.
 
 use hearth_sys::caps::{CapSet, Capability};
-use hearth_sys::seccomp::SeccompProgram;
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+use hearth_sys::seccomp::{
+    ArgCondition, SeccompAction, SeccompPolicy, SeccompProgram, SeccompProgramError, SeccompRule,
 };
-use std::collections::BTreeMap;
 
 /// Docker's default capability set: what the sandbox's root holds and what bounds
 /// every program in it.
@@ -44,12 +39,9 @@ pub const DEFAULT_CAPABILITIES: CapSet = CapSet::of(&[
 /// A policy that could not be compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
-    /// seccompiler rejected the rules.
+    /// The seccomp compiler rejected the policy.
     #[error("failed to compile the seccomp policy")]
-    Compile(#[source] seccompiler::BackendError),
-    /// The compiled program does not fit the kernel's limits.
-    #[error("compiled seccomp program is unusable")]
-    Program(#[source] hearth_sys::seccomp::SeccompProgramError),
+    Compile(#[source] SeccompProgramError),
 }
 
 /// io_pgetevents(2) on x86_64; the libc crate lacks the constant.
@@ -76,8 +68,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_clock_getres,
     libc::SYS_clock_gettime,
     libc::SYS_clock_nanosleep,
-    // Filtered by the second program to ENOSYS.
-    libc::SYS_clone3,
     libc::SYS_close,
     libc::SYS_close_range,
     libc::SYS_connect,
@@ -359,88 +349,59 @@ const ALLOWED: &[libc::c_long] = &[
 
 /// Namespace flags `clone` must not carry (CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC,
 /// NEWUSER, NEWPID, NEWNET): Docker's mask 0x7E020000.
-const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
+const CLONE_NAMESPACE_FLAGS: u32 = 0x7E02_0000;
 
 /// Personas Docker allows: PER_LINUX, UNAME26, PER_LINUX32, PER_LINUX32|UNAME26,
 /// and the query value 0xffffffff.
-const PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+const PERSONALITIES: [u32; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
 /// `AF_VSOCK`: no path out to a hypervisor.
-const AF_VSOCK: u64 = 40;
+const AF_VSOCK: u32 = 40;
 
-fn condition(
-    arg: u8,
-    len: SeccompCmpArgLen,
-    op: SeccompCmpOp,
-    value: u64,
-) -> Result<SeccompCondition, SecurityError> {
-    SeccompCondition::new(arg, len, op, value).map_err(SecurityError::Compile)
-}
-
-fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SecurityError> {
-    SeccompRule::new(conditions).map_err(SecurityError::Compile)
-}
-
-fn to_program(filter: SeccompFilter) -> Result<SeccompProgram, SecurityError> {
-    let bpf: BpfProgram = filter.try_into().map_err(SecurityError::Compile)?;
-    SeccompProgram::new(bpf.iter().map(|i| (i.code, i.jt, i.jf, i.k)))
-        .map_err(SecurityError::Program)
-}
-
-/// Compiles the two filters described in the module documentation, in the order
-/// they are to be installed.
-pub fn seccomp_programs() -> Result<[SeccompProgram; 2], SecurityError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|nr| (*nr, Vec::new())).collect();
-    rules.insert(
+/// The policy described in the module documentation.
+pub fn seccomp_policy() -> SeccompPolicy {
+    let allow = |nr: libc::c_long, alternatives| SeccompRule {
+        nr: u32::try_from(nr).expect("x86_64 syscall numbers are small"),
+        alternatives,
+        action: SeccompAction::Allow,
+    };
+    let mut rules: Vec<SeccompRule> = ALLOWED.iter().map(|nr| allow(*nr, vec![])).collect();
+    rules.push(allow(
         libc::SYS_clone,
-        vec![rule(vec![condition(
-            0,
-            SeccompCmpArgLen::Qword,
-            SeccompCmpOp::MaskedEq(CLONE_NAMESPACE_FLAGS),
-            0,
-        )?])?],
-    );
-    rules.insert(
+        vec![vec![ArgCondition::MaskedEq {
+            arg: 0,
+            mask: CLONE_NAMESPACE_FLAGS,
+            value: 0,
+        }]],
+    ));
+    rules.push(allow(
         libc::SYS_personality,
         PERSONALITIES
             .iter()
-            .map(|p| {
-                rule(vec![condition(
-                    0,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::Eq,
-                    *p,
-                )?])
-            })
-            .collect::<Result<_, _>>()?,
-    );
-    rules.insert(
+            .map(|p| vec![ArgCondition::Eq { arg: 0, value: *p }])
+            .collect(),
+    ));
+    rules.push(allow(
         libc::SYS_socket,
-        vec![rule(vec![condition(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Ne,
-            AF_VSOCK,
-        )?])?],
-    );
-    let allowlist = SeccompFilter::new(
+        vec![vec![ArgCondition::Ne {
+            arg: 0,
+            value: AF_VSOCK,
+        }]],
+    ));
+    rules.push(SeccompRule {
+        nr: u32::try_from(libc::SYS_clone3).expect("x86_64 syscall numbers are small"),
+        alternatives: vec![],
+        action: SeccompAction::Errno(libc::ENOSYS as u16),
+    });
+    SeccompPolicy {
         rules,
-        SeccompAction::Errno(libc::EPERM as u32),
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(SecurityError::Compile)?;
+        default: SeccompAction::Errno(libc::EPERM as u16),
+    }
+}
 
-    let clone3 = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        TargetArch::x86_64,
-    )
-    .map_err(SecurityError::Compile)?;
-
-    Ok([to_program(allowlist)?, to_program(clone3)?])
+/// Compiles [`seccomp_policy`].
+pub fn seccomp_program() -> Result<SeccompProgram, SecurityError> {
+    SeccompProgram::compile(&seccomp_policy()).map_err(SecurityError::Compile)
 }
 
 #[cfg(test)]
@@ -449,10 +410,47 @@ mod tests {
 
     #[test]
     fn policy_compiles_within_kernel_limits() {
-        let [allow, clone3] = seccomp_programs().unwrap();
-        assert!(allow.len() > ALLOWED.len(), "{}", allow.len());
-        assert!(allow.len() < hearth_sys::seccomp::MAX_INSTRUCTIONS);
-        assert!(clone3.len() < 16);
+        let program = seccomp_program().unwrap();
+        assert!(program.len() < 1500, "{}", program.len());
+    }
+
+    #[test]
+    fn policy_verdicts_match_docker() {
+        let p = seccomp_policy();
+        let nr = |n: libc::c_long| n as u32;
+        let eperm = SeccompAction::Errno(libc::EPERM as u16);
+        assert_eq!(p.verdict(nr(libc::SYS_read), [0; 6]), SeccompAction::Allow);
+        assert_eq!(p.verdict(nr(libc::SYS_mount), [0; 6]), eperm);
+        assert_eq!(
+            p.verdict(nr(libc::SYS_clone3), [0; 6]),
+            SeccompAction::Errno(libc::ENOSYS as u16)
+        );
+        let fork_flags = (libc::CLONE_CHILD_SETTID | libc::SIGCHLD) as u32;
+        assert_eq!(
+            p.verdict(nr(libc::SYS_clone), [fork_flags, 0, 0, 0, 0, 0]),
+            SeccompAction::Allow
+        );
+        let userns = fork_flags | libc::CLONE_NEWUSER as u32;
+        assert_eq!(
+            p.verdict(nr(libc::SYS_clone), [userns, 0, 0, 0, 0, 0]),
+            eperm
+        );
+        assert_eq!(
+            p.verdict(nr(libc::SYS_personality), [0x20008, 0, 0, 0, 0, 0]),
+            SeccompAction::Allow
+        );
+        assert_eq!(
+            p.verdict(nr(libc::SYS_personality), [0x0040_0000, 0, 0, 0, 0, 0]),
+            eperm
+        );
+        assert_eq!(
+            p.verdict(nr(libc::SYS_socket), [libc::AF_INET as u32, 1, 0, 0, 0, 0]),
+            SeccompAction::Allow
+        );
+        assert_eq!(
+            p.verdict(nr(libc::SYS_socket), [AF_VSOCK, 1, 0, 0, 0, 0]),
+            eperm
+        );
     }
 
     #[test]

@@ -114,7 +114,9 @@ pub struct ContainerSpec {
     /// Its complete environment (a default `PATH` is added when missing).
     pub env: Vec<(String, String)>,
     /// A host file that receives init's stdout and stderr (appended; created if
-    /// missing); `None` discards them.
+    /// missing); `None` discards them. Processes inside can reach init's fds
+    /// (`/proc/1/fd/1`), so with a disk limit put the file inside `state_dir`,
+    /// where the limit covers it; elsewhere a sandbox could fill the host's disk.
     pub output: Option<PathBuf>,
 }
 
