@@ -2,7 +2,10 @@
 //! One module per subcommand.
 
 mod apikey;
+pub mod bench;
+mod sandbox;
 mod serve;
+mod shell;
 
 use crate::cli::Command;
 
@@ -11,5 +14,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve::run(args).await,
         Command::Apikey { op, home } => apikey::run(op, &home),
+        Command::Sandbox(args) => sandbox::run(args).await,
+        Command::Bench { which } => match which {
+            crate::cli::BenchOp::Envd(a) => bench::envd::run(a).await,
+        },
     }
 }
