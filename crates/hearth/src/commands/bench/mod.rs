@@ -101,8 +101,8 @@ impl Row {
 pub fn print_table(title: &str, rows: &[Row]) {
     println!("\n{title}");
     println!(
-        "{:<44} {:>10} {:>10} {:>10}  {:<18} {}",
-        "benchmark", "p50", "p99", "value", "target", "met"
+        "{:<44} {:>10} {:>10} {:>10}  {:<18} met",
+        "benchmark", "p50", "p99", "value", "target"
     );
     for r in rows {
         let (p50, p99) = match &r.latency {
