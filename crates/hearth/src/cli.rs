@@ -33,6 +33,12 @@ pub enum Command {
     },
     /// Work with sandboxes of a running server.
     Sandbox(SandboxArgs),
+    /// Check that this host can run Hearth and say which runtime it would use.
+    Doctor {
+        /// Hearth's data directory.
+        #[arg(long, env = "HEARTH_HOME", default_value = "/var/lib/hearth")]
+        home: PathBuf,
+    },
     /// Measure Hearth against its targets and baselines.
     Bench {
         /// Which benchmark.

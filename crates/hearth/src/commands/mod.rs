@@ -3,6 +3,7 @@
 
 mod apikey;
 pub mod bench;
+mod doctor;
 mod sandbox;
 mod serve;
 mod shell;
@@ -15,6 +16,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Apikey { op, home } => apikey::run(op, &home),
         Command::Sandbox(args) => sandbox::run(args).await,
+        Command::Doctor { home } => doctor::run(&home),
         Command::Bench { which } => match which {
             crate::cli::BenchOp::Envd(a) => bench::envd::run(a).await,
         },
