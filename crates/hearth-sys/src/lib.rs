@@ -8,4 +8,6 @@
 #![allow(unsafe_code)]
 
 pub mod cmd;
+pub mod netns;
 pub mod process;
+pub mod tun;
