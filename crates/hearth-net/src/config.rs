@@ -164,7 +164,10 @@ impl PoolConfig {
         let by_transit = (self.transit_cidr.size() / 2).saturating_sub(1);
         let digits = 15 - self.ifname_prefix.len();
         let by_name = 10u64.saturating_pow(u32::try_from(digits).expect("small")) - 1;
-        let mut max = by_host.min(by_transit).min(by_name).min(u64::from(u32::MAX));
+        let mut max = by_host
+            .min(by_transit)
+            .min(by_name)
+            .min(u64::from(u32::MAX));
         if let Some(limit) = self.max_slots {
             max = max.min(u64::from(limit));
         }
@@ -207,7 +210,11 @@ impl Layout {
                 .join(format!("{}-g{index}", self.cfg.name)),
             host_if: format!("{}{index}", self.cfg.ifname_prefix),
             host_addr: self.cfg.host_cidr.nth(i).expect("index <= max_index"),
-            host_veth_addr: self.cfg.transit_cidr.nth(2 * i).expect("index <= max_index"),
+            host_veth_addr: self
+                .cfg
+                .transit_cidr
+                .nth(2 * i)
+                .expect("index <= max_index"),
             router_addr: self
                 .cfg
                 .transit_cidr
@@ -226,7 +233,10 @@ impl Layout {
 
     /// The index encoded in a host interface name of this pool, if it is one.
     pub(crate) fn index_of_ifname(&self, ifname: &str) -> Option<u32> {
-        parse_index(ifname.strip_prefix(&self.cfg.ifname_prefix)?, self.max_index)
+        parse_index(
+            ifname.strip_prefix(&self.cfg.ifname_prefix)?,
+            self.max_index,
+        )
     }
 }
 
@@ -274,8 +284,14 @@ mod tests {
             f(&mut c);
             c.validate().unwrap_err()
         };
-        assert!(matches!(bad(|c| c.name = "Hearth".into()), ConfigError::Name { .. }));
-        assert!(matches!(bad(|c| c.name = "a b".into()), ConfigError::Name { .. }));
+        assert!(matches!(
+            bad(|c| c.name = "Hearth".into()),
+            ConfigError::Name { .. }
+        ));
+        assert!(matches!(
+            bad(|c| c.name = "a b".into()),
+            ConfigError::Name { .. }
+        ));
         assert!(matches!(
             bad(|c| c.ifname_prefix = "hv-".into()),
             ConfigError::IfnamePrefix { .. }
@@ -284,6 +300,9 @@ mod tests {
             bad(|c| c.transit_cidr = "10.11.128.0/17".parse().unwrap()),
             ConfigError::Overlap { .. }
         ));
-        assert!(matches!(bad(|c| c.max_slots = Some(0)), ConfigError::NoRoom));
+        assert!(matches!(
+            bad(|c| c.max_slots = Some(0)),
+            ConfigError::NoRoom
+        ));
     }
 }

@@ -36,7 +36,11 @@ fn ct_type(msg: u16) -> u16 {
 pub(crate) fn flush_all(sock: &mut Socket) -> Result<(), NetlinkError> {
     let mut batch = Batch::default();
     batch.push(
-        Msg::new(ct_type(IPCTNL_MSG_CT_DELETE), 0, &nfgenmsg(libc::AF_UNSPEC as u8)),
+        Msg::new(
+            ct_type(IPCTNL_MSG_CT_DELETE),
+            0,
+            &nfgenmsg(libc::AF_UNSPEC as u8),
+        ),
         "flush conntrack table",
     );
     sock.execute(batch)

@@ -122,7 +122,8 @@ impl Msg {
     pub(crate) fn begin(&mut self, ty: u16) -> &mut Self {
         self.nests.push(self.buf.len());
         self.buf.extend_from_slice(&[0, 0]);
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         self
     }
 
@@ -151,7 +152,7 @@ impl Msg {
 }
 
 fn pad(buf: &mut Vec<u8>) {
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }
@@ -224,7 +225,11 @@ impl Socket {
 
     /// Sends a dump request and returns each reply message's payload (after the netlink
     /// header).
-    pub(crate) fn dump(&mut self, msg: Msg, op: &'static str) -> Result<Vec<Vec<u8>>, NetlinkError> {
+    pub(crate) fn dump(
+        &mut self,
+        msg: Msg,
+        op: &'static str,
+    ) -> Result<Vec<Vec<u8>>, NetlinkError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         self.send_all(&msg.finish(seq), op)?;
@@ -375,7 +380,12 @@ mod tests {
     #[test]
     fn nested_attributes_round_trip() {
         let mut m = Msg::new(16, 0, &[1, 2, 3]);
-        m.begin(18).attr_str(1, "veth").begin(2).attr_u32(7, 42).end().end();
+        m.begin(18)
+            .attr_str(1, "veth")
+            .begin(2)
+            .attr_u32(7, 42)
+            .end()
+            .end();
         let bytes = m.finish(9);
         let (ty, seq, payload) = Messages::new(&bytes).next().unwrap();
         assert_eq!((ty, seq), (16, 9));

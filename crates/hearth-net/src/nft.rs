@@ -86,7 +86,10 @@ impl HostTable<'_> {
         let mut s = String::with_capacity(4096);
         // `add` makes the `delete` valid when the table does not exist yet; all three are
         // one transaction, so there is no instant without the rules.
-        let _ = writeln!(s, "add table inet {t}\ndelete table inet {t}\ntable inet {t} {{");
+        let _ = writeln!(
+            s,
+            "add table inet {t}\ndelete table inet {t}\ntable inet {t} {{"
+        );
         let _ = write!(s, "  set always_deny {{ type ipv4_addr; flags interval;");
         set_elements(&mut s, self.deny_list().iter().map(ToString::to_string));
         let _ = writeln!(s, " }}");
@@ -94,8 +97,14 @@ impl HostTable<'_> {
         set_elements(&mut s, self.nameservers.iter().map(ToString::to_string));
         let _ = writeln!(s, " }}");
         let _ = writeln!(s, "  set dns_blocked {{ type ipv4_addr; }}");
-        let _ = writeln!(s, "  set allow_out {{ type ipv4_addr . ipv4_addr; flags interval; }}");
-        let _ = writeln!(s, "  set deny_out {{ type ipv4_addr . ipv4_addr; flags interval; }}");
+        let _ = writeln!(
+            s,
+            "  set allow_out {{ type ipv4_addr . ipv4_addr; flags interval; }}"
+        );
+        let _ = writeln!(
+            s,
+            "  set deny_out {{ type ipv4_addr . ipv4_addr; flags interval; }}"
+        );
         let _ = writeln!(
             s,
             "  chain prerouting {{ type filter hook prerouting priority raw; policy accept;\n\
@@ -177,12 +186,19 @@ pub(crate) fn policy_script(
     if !policy.allow_dns {
         let _ = writeln!(s, "{verb} element inet {table} dns_blocked {{ {addr} }}");
     }
-    for (set, list) in [("allow_out", &policy.allow_out), ("deny_out", &policy.deny_out)] {
+    for (set, list) in [
+        ("allow_out", &policy.allow_out),
+        ("deny_out", &policy.deny_out),
+    ] {
         if list.is_empty() {
             continue;
         }
         let items: Vec<String> = list.iter().map(|c| format!("{addr} . {c}")).collect();
-        let _ = writeln!(s, "{verb} element inet {table} {set} {{ {} }}", items.join(", "));
+        let _ = writeln!(
+            s,
+            "{verb} element inet {table} {set} {{ {} }}",
+            items.join(", ")
+        );
     }
     s
 }

@@ -52,7 +52,8 @@ impl EgressPolicy {
             allow_dns: true,
         };
         if !allow_internet_access {
-            p.deny_out.push(Ipv4Cidr::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid"));
+            p.deny_out
+                .push(Ipv4Cidr::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid"));
         }
         p
     }

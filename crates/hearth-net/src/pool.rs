@@ -232,7 +232,12 @@ impl Inner {
         &self.layout.cfg.name
     }
 
-    fn apply_policy(&self, index: u32, old: &EgressPolicy, new: &EgressPolicy) -> Result<(), PoolError> {
+    fn apply_policy(
+        &self,
+        index: u32,
+        old: &EgressPolicy,
+        new: &EgressPolicy,
+    ) -> Result<(), PoolError> {
         if old == new {
             return Ok(());
         }
@@ -260,9 +265,11 @@ impl Inner {
             if st.stopping {
                 return;
             }
-            let need = [SlotKind::Container, SlotKind::MicroVm].into_iter().find(|&k| {
-                st.idle[k.slot_index()].len() + st.creating[k.slot_index()] < self.warm(k)
-            });
+            let need = [SlotKind::Container, SlotKind::MicroVm]
+                .into_iter()
+                .find(|&k| {
+                    st.idle[k.slot_index()].len() + st.creating[k.slot_index()] < self.warm(k)
+                });
             let Some(kind) = need else {
                 st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
@@ -432,7 +439,9 @@ impl SlotPool {
                 report.slots.push(pool.inner.slot(a.index, a.kind));
             } else {
                 // Its elements are in the table already: take them out with the remains.
-                let _ = pool.inner.apply_policy(a.index, &a.policy, &EgressPolicy::default());
+                let _ = pool
+                    .inner
+                    .apply_policy(a.index, &a.policy, &EgressPolicy::default());
                 let _ = slot::destroy(&names);
                 report.lost.push(a.index);
             }
@@ -522,7 +531,11 @@ impl SlotPool {
 
     /// The egress policy installed for a slot in use.
     pub fn policy(&self, slot: &Slot) -> Option<EgressPolicy> {
-        self.inner.lock().in_use.get(&slot.index).map(|(_, p)| p.clone())
+        self.inner
+            .lock()
+            .in_use
+            .get(&slot.index)
+            .map(|(_, p)| p.clone())
     }
 
     /// Gives a slot back. Its sandbox must be gone (no process left in its namespaces).
@@ -594,7 +607,11 @@ impl SlotPool {
             err,
         })?;
         for entry in entries.flatten() {
-            if let Some(i) = entry.file_name().to_str().and_then(|n| layout.index_of_netns(n)) {
+            if let Some(i) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| layout.index_of_netns(n))
+            {
                 found.insert(i);
             }
         }
@@ -688,9 +705,9 @@ impl SlotPool {
         };
         let mut errors = Vec::new();
         for rel in &released {
-            if let Err(e) = self
-                .inner
-                .apply_policy(rel.index, &rel.policy, &EgressPolicy::default())
+            if let Err(e) =
+                self.inner
+                    .apply_policy(rel.index, &rel.policy, &EgressPolicy::default())
             {
                 errors.push(e);
             }

@@ -36,7 +36,11 @@ pub(crate) fn parse(text: &str) -> Vec<Ipv4Addr> {
 
 /// The host's nameservers for sandboxes, read from `resolv_conf` with the fallback above.
 pub(crate) fn host_nameservers(resolv_conf: &Path) -> Vec<Ipv4Addr> {
-    let read = |p: &Path| std::fs::read_to_string(p).map(|t| parse(&t)).unwrap_or_default();
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|t| parse(&t))
+            .unwrap_or_default()
+    };
     let servers = read(resolv_conf);
     if servers.is_empty() {
         read(Path::new(RESOLVED_UPSTREAM))

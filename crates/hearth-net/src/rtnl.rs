@@ -205,7 +205,9 @@ pub(crate) fn dump_links(sock: &mut Socket) -> Result<Vec<LinkInfo>, NetlinkErro
             .get(IFLA_IFNAME)
             .map(|b| String::from_utf8_lossy(b.strip_suffix(&[0]).unwrap_or(b)).into_owned())
             .unwrap_or_default();
-        let carrier = attrs.get(IFLA_CARRIER).is_some_and(|b| b.first() == Some(&1));
+        let carrier = attrs
+            .get(IFLA_CARRIER)
+            .is_some_and(|b| b.first() == Some(&1));
         let group = attrs
             .get(IFLA_GROUP)
             .and_then(|b| b.try_into().ok())

@@ -172,11 +172,7 @@ fn open_ns(index: u32, path: &Path) -> Result<File, SlotError> {
 
 /// Builds slot `names` of `kind` from nothing. On failure everything created so far is
 /// removed again.
-pub(crate) fn create(
-    layout: &Layout,
-    names: &SlotNames,
-    kind: SlotKind,
-) -> Result<(), SlotError> {
+pub(crate) fn create(layout: &Layout, names: &SlotNames, kind: SlotKind) -> Result<(), SlotError> {
     let result = build(layout, names, kind);
     if result.is_err() {
         let _ = destroy(names);
@@ -196,7 +192,12 @@ fn build(layout: &Layout, names: &SlotNames, kind: SlotKind) -> Result<(), SlotE
     // 1. Router namespace: no IPv6, forwarding on, (microVM) the tap; keep a socket.
     let (mut router, tap_index) = netns::create(&names.router_ns, || {
         write_sysctl(index, "/proc/sys/net/ipv6/conf/all/disable_ipv6", "1", true)?;
-        write_sysctl(index, "/proc/sys/net/ipv6/conf/default/disable_ipv6", "1", true)?;
+        write_sysctl(
+            index,
+            "/proc/sys/net/ipv6/conf/default/disable_ipv6",
+            "1",
+            true,
+        )?;
         write_sysctl(index, "/proc/sys/net/ipv4/ip_forward", "1", false)?;
         let sock = Socket::open(SockProtocol::NetlinkRoute).map_err(nl)?;
         let tap_index = if kind == SlotKind::MicroVm {
@@ -220,8 +221,18 @@ fn build(layout: &Layout, names: &SlotNames, kind: SlotKind) -> Result<(), SlotE
         SlotKind::Container => Some(
             netns::create(&names.guest_ns, || {
                 write_sysctl(index, "/proc/sys/net/ipv6/conf/all/disable_ipv6", "1", true)?;
-                write_sysctl(index, "/proc/sys/net/ipv6/conf/default/disable_ipv6", "1", true)?;
-                write_sysctl(index, "/proc/sys/net/ipv4/ping_group_range", "0 2147483647", false)?;
+                write_sysctl(
+                    index,
+                    "/proc/sys/net/ipv6/conf/default/disable_ipv6",
+                    "1",
+                    true,
+                )?;
+                write_sysctl(
+                    index,
+                    "/proc/sys/net/ipv4/ping_group_range",
+                    "0 2147483647",
+                    false,
+                )?;
                 Socket::open(SockProtocol::NetlinkRoute).map_err(nl)
             })
             .map_err(|err| SlotError::Netns { index, err })??,
@@ -283,7 +294,10 @@ fn build(layout: &Layout, names: &SlotNames, kind: SlotKind) -> Result<(), SlotE
 
     // 4. Router side: uplink address and default route, the guest-facing device.
     let mut batch = Batch::default();
-    batch.push(rtnl::set_link_up(LO_INDEX, None, false), "bring router lo up");
+    batch.push(
+        rtnl::set_link_up(LO_INDEX, None, false),
+        "bring router lo up",
+    );
     batch.push(
         rtnl::set_link_up(ETH0_INDEX, None, false),
         format!("bring router {ETH0} up"),
@@ -342,7 +356,10 @@ fn build(layout: &Layout, names: &SlotNames, kind: SlotKind) -> Result<(), SlotE
     // 5. Guest side: loopback, address, default route.
     if let Some(guest) = guest.as_mut() {
         let mut batch = Batch::default();
-        batch.push(rtnl::set_link_up(LO_INDEX, None, false), "bring guest lo up");
+        batch.push(
+            rtnl::set_link_up(LO_INDEX, None, false),
+            "bring guest lo up",
+        );
         batch.push(
             rtnl::set_link_up(ETH0_INDEX, None, false),
             format!("bring guest {ETH0} up"),
@@ -376,7 +393,10 @@ pub(crate) fn destroy(names: &SlotNames) -> Result<(), SlotError> {
     let mut host = Socket::open(SockProtocol::NetlinkRoute)
         .map_err(|err| SlotError::Netlink { index, err })?;
     let mut batch = Batch::default();
-    batch.push(rtnl::del_link(&names.host_if), format!("delete {}", names.host_if));
+    batch.push(
+        rtnl::del_link(&names.host_if),
+        format!("delete {}", names.host_if),
+    );
     match host.execute(batch) {
         Ok(()) => {}
         Err(e) if e.errno() == Some(libc::ENODEV) => {}
