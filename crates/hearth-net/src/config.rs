@@ -27,11 +27,13 @@ pub const TAP: &str = "tap0";
 
 /// What kind of sandbox a slot is for. The two put the same guest subnet on different
 /// devices of the router namespace, so one slot holds one kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SlotKind {
     /// A guest network namespace joined to the router by a veth pair.
     Container,
     /// A persistent tap `tap0` in the router namespace for QEMU's virtio-net.
+    #[serde(rename = "microvm")]
     MicroVm,
 }
 

@@ -47,9 +47,11 @@ pub(crate) fn flush_all(sock: &mut Socket) -> Result<(), NetlinkError> {
 }
 
 /// Which side of the original tuple an address filter matches.
-#[derive(Debug, Clone, Copy)]
-enum Side {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Flows the address started (a sandbox's egress).
     Src,
+    /// Flows started towards the address (the host reaching the sandbox).
     Dst,
 }
 
@@ -71,10 +73,15 @@ fn filtered(msg_type: u16, flags: u16, addr: Ipv4Addr, side: Side) -> Msg {
     m
 }
 
-/// Deletes the conntrack entries whose original source or destination is `addr`.
-pub(crate) fn flush_addr(sock: &mut Socket, addr: Ipv4Addr) -> Result<(), NetlinkError> {
+/// Deletes the conntrack entries whose original source (or destination) is `addr`, for
+/// each side in `sides`.
+pub(crate) fn flush_addr(
+    sock: &mut Socket,
+    addr: Ipv4Addr,
+    sides: &[Side],
+) -> Result<(), NetlinkError> {
     let mut batch = Batch::default();
-    for side in [Side::Src, Side::Dst] {
+    for &side in sides {
         batch.push(
             filtered(IPCTNL_MSG_CT_DELETE, 0, addr, side),
             format!("flush conntrack entries of {addr}"),
@@ -84,7 +91,7 @@ pub(crate) fn flush_addr(sock: &mut Socket, addr: Ipv4Addr) -> Result<(), Netlin
         // EOPNOTSUPP: filtered dumps but no filtered flush (5.8 to 6.10); EINVAL: older
         // kernels read the partial tuple as an exact one and reject it.
         Err(e) if matches!(e.errno(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
-            for side in [Side::Src, Side::Dst] {
+            for &side in sides {
                 delete_matching(sock, addr, side)?;
             }
             Ok(())

@@ -24,13 +24,16 @@ use hearth_types::ErrorChain;
 use nix::sys::socket::SockProtocol;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long the refiller waits after a failed creation before trying again.
 const REFILL_BACKOFF: Duration = Duration::from_secs(1);
+/// How long `acquire` waits for a slot still being built or scrubbed when every index
+/// is taken.
+const EXHAUSTED_WAIT: Duration = Duration::from_secs(10);
 
 /// A failed pool operation.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +105,7 @@ pub enum PoolError {
         err: CmdError,
     },
     /// Teardown finished but some parts could not be removed.
-    #[error("{failures} teardown step(s) failed; first")]
+    #[error("{failures} teardown step(s) failed, the first")]
     Teardown {
         /// How many steps failed.
         failures: usize,
@@ -163,8 +166,8 @@ struct State {
     /// Every index the pool answers for: idle, in use, released, being built, or
     /// quarantined (its policy elements could not be removed).
     owned: BTreeSet<u32>,
-    /// Indexes kept out of use because their cleanup failed.
-    quarantined: usize,
+    /// Released slots being scrubbed right now.
+    scrubbing: usize,
     next_hint: u32,
     stopping: bool,
     shut_down: bool,
@@ -255,6 +258,7 @@ impl Inner {
         st.creating[kind.slot_index()] -= 1;
         if result.is_err() {
             st.owned.remove(&index);
+            self.changed.notify_all();
         }
         result
     }
@@ -288,6 +292,7 @@ impl Inner {
                     self.changed.notify_all();
                 }
                 Err(e) => {
+                    self.changed.notify_all();
                     tracing::warn!(slot = index, error = %ErrorChain(&e), "building a warm network slot failed");
                     st = self
                         .wake
@@ -309,6 +314,7 @@ impl Inner {
                 st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             };
+            st.scrubbing += 1;
             drop(st);
             let outcome = self.scrub(&rel);
             st = self.lock();
@@ -317,8 +323,9 @@ impl Inner {
                 Scrub::Destroyed => {
                     st.owned.remove(&rel.index);
                 }
-                Scrub::Quarantined => st.quarantined += 1,
+                Scrub::Quarantined => {}
             }
+            st.scrubbing -= 1;
             self.wake.notify_all();
             self.changed.notify_all();
         }
@@ -385,14 +392,15 @@ impl SlotPool {
         let forwarded_before =
             host::enable_forwarding(&cfg.run_dir, &cfg.name).map_err(PoolError::Forwarding)?;
 
-        let adopt: Vec<Adopt> = adopt
+        let mut report = AdoptReport::default();
+        let (adopt, out_of_range): (Vec<Adopt>, Vec<Adopt>) = adopt
             .into_iter()
-            .filter(|a| (1..=layout.max_index).contains(&a.index))
             .map(|a| Adopt {
                 policy: a.policy.normalized(),
                 ..a
             })
-            .collect();
+            .partition(|a| (1..=layout.max_index).contains(&a.index));
+        report.lost.extend(out_of_range.iter().map(|a| a.index));
         let policies: Vec<(Ipv4Addr, EgressPolicy)> = adopt
             .iter()
             .map(|a| (layout.names(a.index).host_addr, a.policy.clone()))
@@ -425,7 +433,6 @@ impl SlotPool {
             workers: Mutex::new(Vec::new()),
         };
 
-        let mut report = AdoptReport::default();
         for a in adopt {
             let names = pool.inner.layout.names(a.index);
             let intact = slot::pinned(&names.router_ns)
@@ -480,24 +487,52 @@ impl SlotPool {
         let policy = policy.normalized();
         let inner = &self.inner;
         let mut st = inner.lock();
-        if st.shut_down || st.stopping {
-            return Err(PoolError::ShutDown);
-        }
-        let index = match st.idle[kind.slot_index()].pop_front() {
-            Some(index) => {
+        let deadline = Instant::now() + EXHAUSTED_WAIT;
+        let index = loop {
+            if st.shut_down || st.stopping {
+                return Err(PoolError::ShutDown);
+            }
+            if let Some(index) = st.idle[kind.slot_index()].pop_front() {
                 inner.wake.notify_all();
                 drop(st);
-                index
+                break index;
             }
-            None => {
-                let index = inner.allocate(&mut st).ok_or(PoolError::Exhausted {
-                    max: inner.layout.max_index,
-                })?;
+            if let Some(index) = inner.allocate(&mut st) {
                 st.creating[kind.slot_index()] += 1;
                 drop(st);
                 inner.build(index, kind)?;
-                index
+                break index;
             }
+            // Every index is taken. An idle slot of the other kind gives up its index.
+            let other = match kind {
+                SlotKind::Container => SlotKind::MicroVm,
+                SlotKind::MicroVm => SlotKind::Container,
+            };
+            if let Some(index) = st.idle[other.slot_index()].pop_front() {
+                st.creating[kind.slot_index()] += 1;
+                drop(st);
+                if let Err(e) = slot::destroy(&inner.layout.names(index)) {
+                    let mut st = inner.lock();
+                    st.creating[kind.slot_index()] -= 1;
+                    st.idle[other.slot_index()].push_back(index);
+                    return Err(PoolError::Slot(e));
+                }
+                inner.build(index, kind)?;
+                break index;
+            }
+            // One may also come back from a build or a scrub in flight.
+            let pending = st.creating.iter().sum::<usize>() + st.released.len() + st.scrubbing;
+            let now = Instant::now();
+            if pending == 0 || now >= deadline {
+                return Err(PoolError::Exhausted {
+                    max: inner.layout.max_index,
+                });
+            }
+            st = inner
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         };
         if let Err(e) = inner.apply_policy(index, &EgressPolicy::default(), &policy) {
             // The transaction is atomic: nothing was installed, the slot is still clean.
@@ -510,7 +545,8 @@ impl SlotPool {
     }
 
     /// Replaces the egress policy of a slot in use (E2B's `PUT /sandboxes/{id}/network`).
-    /// Established flows the new policy denies are cut.
+    /// Open connections of the sandbox are judged again by the new policy on their next
+    /// packet; connections from the host (the proxy) are untouched.
     pub fn set_policy(&self, slot: &Slot, policy: EgressPolicy) -> Result<(), PoolError> {
         let policy = policy.normalized();
         let _serial = self
@@ -526,7 +562,7 @@ impl SlotPool {
         if let Some(entry) = self.inner.lock().in_use.get_mut(&slot.index) {
             entry.1 = policy;
         }
-        slot::flush_host_conntrack(&self.inner.layout.names(slot.index)).map_err(PoolError::Slot)
+        slot::flush_egress_conntrack(&self.inner.layout.names(slot.index)).map_err(PoolError::Slot)
     }
 
     /// The egress policy installed for a slot in use.
@@ -576,12 +612,7 @@ impl SlotPool {
             let warm = [SlotKind::Container, SlotKind::MicroVm]
                 .into_iter()
                 .all(|k| st.idle[k.slot_index()].len() >= inner.warm(k));
-            // A scrub in progress has popped its slot already: count it through `owned`.
-            let accounted = st.idle.iter().map(VecDeque::len).sum::<usize>()
-                + st.in_use.len()
-                + st.creating.iter().sum::<usize>()
-                + st.quarantined;
-            if warm && st.released.is_empty() && accounted >= st.owned.len() {
+            if warm && st.released.is_empty() && st.scrubbing == 0 {
                 return true;
             }
             let now = Instant::now();
@@ -718,11 +749,6 @@ impl SlotPool {
             }
         }
         teardown_result(errors)
-    }
-
-    /// The namespace directory and pool name, for diagnostics.
-    pub fn netns_dir(&self) -> PathBuf {
-        self.inner.layout.cfg.netns_dir.clone()
     }
 }
 

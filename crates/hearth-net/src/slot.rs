@@ -13,8 +13,9 @@ use crate::config::{
     ETH0, GATEWAY_ADDR, GATEWAY_MAC, GUEST_ADDR, GUEST_MAC, GUEST_PREFIX, GUEST_VETH,
     HOST_IF_GROUP, Layout, SlotKind, SlotNames, TAP,
 };
+use crate::conntrack::{self, Side};
 use crate::netlink::{Batch, NetlinkError, Socket};
-use crate::{conntrack, nft, rtnl};
+use crate::{nft, rtnl};
 use hearth_sys::cmd::CmdError;
 use hearth_sys::netns::{self, NetnsError};
 use hearth_sys::tun::{TapOptions, create_persistent_tap};
@@ -414,15 +415,17 @@ pub(crate) fn flush_conntrack(names: &SlotNames) -> Result<(), SlotError> {
     let mut router = socket_in(index, &names.router_ns, SockProtocol::NetlinkNetFilter)?;
     conntrack::flush_all(&mut router).map_err(nl)?;
     let mut host = Socket::open(SockProtocol::NetlinkNetFilter).map_err(nl)?;
-    conntrack::flush_addr(&mut host, names.host_addr).map_err(nl)
+    conntrack::flush_addr(&mut host, names.host_addr, &[Side::Src, Side::Dst]).map_err(nl)
 }
 
-/// Flushes the slot's conntrack state from the host side only (after a policy change).
-pub(crate) fn flush_host_conntrack(names: &SlotNames) -> Result<(), SlotError> {
+/// Drops the host's conntrack entries of flows the slot started, so a changed egress
+/// policy also judges connections already open (they are re-checked on their next
+/// packet). Flows the host started towards the slot are kept.
+pub(crate) fn flush_egress_conntrack(names: &SlotNames) -> Result<(), SlotError> {
     let index = names.index;
     let nl = |err| SlotError::Netlink { index, err };
     let mut host = Socket::open(SockProtocol::NetlinkNetFilter).map_err(nl)?;
-    conntrack::flush_addr(&mut host, names.host_addr).map_err(nl)
+    conntrack::flush_addr(&mut host, names.host_addr, &[Side::Src]).map_err(nl)
 }
 
 /// Checks that the slot looks exactly as [`create`] left it: no extra links, addresses

@@ -930,3 +930,31 @@ fn measure_slot_costs() -> Result<()> {
         Ok(())
     })
 }
+
+#[test]
+fn full_pool_turns_an_idle_slot_of_the_other_kind() -> Result<()> {
+    if !prerequisites() {
+        return Ok(());
+    }
+    let cfg = PoolConfig {
+        max_slots: Some(1),
+        warm_containers: 0,
+        warm_microvms: 1,
+        ..config('i', 11)
+    };
+    with_pool(cfg, |pool| {
+        ensure!(
+            pool.wait_ready(Duration::from_secs(10)),
+            "warm microVM slot"
+        );
+        let slot = pool.acquire(SlotKind::Container, EgressPolicy::default())?;
+        ensure!(slot.kind == SlotKind::Container && slot.guest_netns.is_some());
+        let (_, links) = in_ns(&slot.router_netns, &["ip", "-o", "link"]);
+        ensure!(
+            !links.contains("tap0"),
+            "container slot kept the tap: {links}"
+        );
+        pool.release(slot)?;
+        Ok(())
+    })
+}
