@@ -10,8 +10,9 @@
 
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
-    socket,
+    setsockopt, socket, sockopt,
 };
+use nix::sys::time::TimeVal;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -176,6 +177,9 @@ impl Socket {
         )
         .map_err(|e| NetlinkError::Open { err: e.into() })?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))
+            .map_err(|e| NetlinkError::Open { err: e.into() })?;
+        // The kernel always answers; the timeout turns a lost answer into an error, not a hang.
+        setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(10, 0))
             .map_err(|e| NetlinkError::Open { err: e.into() })?;
         Ok(Self {
             fd,

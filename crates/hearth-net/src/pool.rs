@@ -162,7 +162,10 @@ struct State {
     idle: [VecDeque<u32>; 2],
     in_use: HashMap<u32, (SlotKind, EgressPolicy)>,
     released: VecDeque<Released>,
+    /// Warm slots being built by the refiller, by kind.
     creating: [usize; 2],
+    /// Slots being built by `acquire` for its own caller.
+    on_demand: usize,
     /// Every index the pool answers for: idle, in use, released, being built, or
     /// quarantined (its policy elements could not be removed).
     owned: BTreeSet<u32>,
@@ -250,12 +253,17 @@ impl Inner {
         nft::apply(&script).map_err(|err| PoolError::Policy { index, err })
     }
 
-    /// Builds a slot at a reserved index; on failure the index is freed.
-    fn build(&self, index: u32, kind: SlotKind) -> Result<(), PoolError> {
+    /// Builds a slot at a reserved index, for the warm queue or for an `acquire`; on
+    /// failure the index is freed.
+    fn build(&self, index: u32, kind: SlotKind, warm: bool) -> Result<(), PoolError> {
         let names = self.layout.names(index);
         let result = slot::create(&self.layout, &names, kind).map_err(PoolError::Slot);
         let mut st = self.lock();
-        st.creating[kind.slot_index()] -= 1;
+        if warm {
+            st.creating[kind.slot_index()] -= 1;
+        } else {
+            st.on_demand -= 1;
+        }
         if result.is_err() {
             st.owned.remove(&index);
             self.changed.notify_all();
@@ -284,7 +292,7 @@ impl Inner {
             };
             st.creating[kind.slot_index()] += 1;
             drop(st);
-            let result = self.build(index, kind);
+            let result = self.build(index, kind, true);
             st = self.lock();
             match result {
                 Ok(()) => {
@@ -498,9 +506,9 @@ impl SlotPool {
                 break index;
             }
             if let Some(index) = inner.allocate(&mut st) {
-                st.creating[kind.slot_index()] += 1;
+                st.on_demand += 1;
                 drop(st);
-                inner.build(index, kind)?;
+                inner.build(index, kind, false)?;
                 break index;
             }
             // Every index is taken. An idle slot of the other kind gives up its index.
@@ -509,19 +517,20 @@ impl SlotPool {
                 SlotKind::MicroVm => SlotKind::Container,
             };
             if let Some(index) = st.idle[other.slot_index()].pop_front() {
-                st.creating[kind.slot_index()] += 1;
+                st.on_demand += 1;
                 drop(st);
                 if let Err(e) = slot::destroy(&inner.layout.names(index)) {
                     let mut st = inner.lock();
-                    st.creating[kind.slot_index()] -= 1;
+                    st.on_demand -= 1;
                     st.idle[other.slot_index()].push_back(index);
                     return Err(PoolError::Slot(e));
                 }
-                inner.build(index, kind)?;
+                inner.build(index, kind, false)?;
                 break index;
             }
             // One may also come back from a build or a scrub in flight.
-            let pending = st.creating.iter().sum::<usize>() + st.released.len() + st.scrubbing;
+            let pending =
+                st.creating.iter().sum::<usize>() + st.on_demand + st.released.len() + st.scrubbing;
             let now = Instant::now();
             if pending == 0 || now >= deadline {
                 return Err(PoolError::Exhausted {
@@ -598,7 +607,7 @@ impl SlotPool {
             idle_microvms: st.idle[1].len(),
             in_use: st.in_use.len(),
             cleaning: st.released.len(),
-            creating: st.creating.iter().sum(),
+            creating: st.creating.iter().sum::<usize>() + st.on_demand,
         }
     }
 
