@@ -8,5 +8,7 @@
 #![allow(unsafe_code)]
 
 pub mod cmd;
+pub mod netns;
 pub mod process;
 pub mod term;
+pub mod tun;
