@@ -129,6 +129,22 @@ impl Node {
         Ok(node)
     }
 
+    /// Slots (with their policies) of stored sandboxes that may still run: the network
+    /// must be started with these adopted, before [`Node::start`].
+    pub fn adoptable_slots(
+        store: &Store,
+    ) -> Result<Vec<(hearth_runtime::NetSlot, EgressPolicy)>, NodeError> {
+        Ok(store
+            .all_sandboxes()?
+            .into_iter()
+            .filter(|r| r.state != SandboxState::Paused)
+            .filter_map(|r| {
+                let c: SandboxConfig = serde_json::from_value(r.config).ok()?;
+                Some((c.slot?, c.egress))
+            })
+            .collect())
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
@@ -321,7 +337,7 @@ impl Node {
         let slot = self
             .inner
             .network
-            .acquire(&live.config.egress)
+            .acquire(self.inner.runtime.kind(), &live.config.egress)
             .await
             .map_err(|e| {
                 NodeError::Capacity(format!("no network slot available: {}", ErrorChain(&e)))
@@ -946,9 +962,6 @@ impl Node {
                 }
             }
         }
-        if let Err(e) = self.inner.network.reclaim_stale().await {
-            tracing::warn!(error = %ErrorChain(&e), "network reclaim failed");
-        }
         self.remove_orphan_dirs();
         Ok(())
     }
@@ -963,12 +976,7 @@ impl Node {
         let template = self.inner.store.template(&record.template_id).ok()??;
         let spec = self.spec(record, &template, slot.clone()).ok()?;
         match self.inner.runtime.adopt(&spec, state).await {
-            Ok(Some(instance)) => {
-                if let Err(e) = self.inner.network.adopt(&slot, &config.egress).await {
-                    tracing::warn!(sandbox_id = %record.id, error = %ErrorChain(&e), "slot adoption failed");
-                }
-                Some(instance)
-            }
+            Ok(Some(instance)) => Some(instance),
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(sandbox_id = %record.id, error = %ErrorChain(&e), "adoption failed");
@@ -1006,6 +1014,9 @@ impl Node {
         self.inner.tasks.cancel();
         if self.inner.config.keep_sandboxes_on_exit {
             tracing::info!("leaving running sandboxes for re-adoption");
+            if let Err(e) = self.inner.network.shutdown(true).await {
+                tracing::error!(error = %ErrorChain(&e), "network detach failed");
+            }
             return;
         }
         let entries: Vec<Arc<Entry>> = self
@@ -1030,7 +1041,7 @@ impl Node {
             });
         }
         while tasks.join_next().await.is_some() {}
-        if let Err(e) = self.inner.network.shutdown().await {
+        if let Err(e) = self.inner.network.shutdown(false).await {
             tracing::error!(error = %ErrorChain(&e), "network shutdown failed");
         }
     }

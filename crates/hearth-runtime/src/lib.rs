@@ -93,14 +93,16 @@ pub struct Artifacts {
 pub struct NetSlot {
     /// Slot number; also selects the container's host uid range.
     pub index: u32,
+    /// Which runtime the slot is laid out for.
+    pub kind: RuntimeKind,
     /// Address the host uses to reach the guest (`<addr>:49983` is envd).
     pub host_addr: Ipv4Addr,
     /// Network namespace for container sandboxes (guest side).
-    pub guest_netns: PathBuf,
+    pub guest_netns: Option<PathBuf>,
     /// Network namespace holding the tap for microVMs (router side).
     pub router_netns: PathBuf,
-    /// Tap device name inside `router_netns`.
-    pub tap: String,
+    /// Tap device name inside `router_netns` (microVM slots).
+    pub tap: Option<String>,
     /// Guest MAC address.
     pub mac: String,
     /// Nameservers the sandbox may use.
