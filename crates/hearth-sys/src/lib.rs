@@ -9,3 +9,4 @@
 
 pub mod cmd;
 pub mod process;
+pub mod pty;
