@@ -34,6 +34,14 @@ impl Children {
         Ok((value, pid, rx))
     }
 
+    /// Runs `f` only if `pid` is a registered child that has not been reaped yet, and
+    /// returns its result. While the reaper cannot run, the pid cannot be reused, so a
+    /// signal sent from `f` reaches the intended process (or its zombie).
+    pub fn while_unreaped<R>(&self, pid: u32, f: impl FnOnce() -> R) -> Option<R> {
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.contains_key(&pid).then(f)
+    }
+
     /// Reaps every exited child and delivers the statuses; returns how many were reaped.
     pub fn reap(&self) -> usize {
         let mut n = 0;
