@@ -764,6 +764,25 @@ async fn stream_ends_when_the_process_exits_despite_background_holders() {
     .unwrap();
 }
 
+#[tokio::test]
+async fn stream_ends_even_if_a_descendant_floods_the_pipe() {
+    let t = Instant::now();
+    let out = run("yes & echo $! >&2").await;
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(out.exit_code(), 0);
+    assert!(
+        out.stdout.len() <= (1 << 20) + 64 * 1024 + 32 * 1024,
+        "{}",
+        out.stdout.len()
+    );
+    // With the pipe's read end gone, the flood dies of SIGPIPE; make sure anyway.
+    let flood: i32 = String::from_utf8_lossy(&out.stderr).trim().parse().unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(flood),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
 async fn signal(process: Value, sig: &str) {
     ok("SendSignal", json!({ "process": process, "signal": sig })).await;
 }
@@ -897,7 +916,7 @@ async fn oversized_unary_request_is_refused() {
 #[tokio::test]
 async fn pty_gets_a_controlling_terminal_and_resizes() {
     let mut ev = start(
-        json!({ "cmd": "/bin/bash", "args": ["-c", "tty; tput cols; tput lines; read x; tput cols; tput lines"],
+        json!({ "cmd": "/bin/bash", "args": ["-c", "tty; stat -c %u $(tty); tput cols; tput lines; read x; tput cols; tput lines"],
                 "envs": { "TERM": "xterm-256color" } }),
         json!({ "pty": { "size": { "cols": 100, "rows": 30 } } }),
         &[],
@@ -906,6 +925,10 @@ async fn pty_gets_a_controlling_terminal_and_resizes() {
     let pid = ev.pid().await;
     let text = ev.until_output("30\r\n").await;
     assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert!(
+        text.contains(&format!("\r\n{}\r\n", server().user_uid)),
+        "the user owns the terminal: {text:?}"
+    );
     assert!(text.contains("100\r\n30\r\n"), "{text:?}");
     ok(
         "Update",

@@ -34,6 +34,11 @@ pub(crate) const PIPE_CHUNK: usize = 32 * 1024;
 /// Largest chunk of terminal output in one `data` event (as upstream).
 pub(crate) const PTY_CHUNK: usize = 16 * 1024;
 
+/// Most bytes read from one output after the process exited: what it left in the
+/// buffer (a pipe holds at most `pipe-max-size`, 1 MiB by default), not what a
+/// background descendant keeps writing.
+const DRAIN_LIMIT: usize = 1 << 20;
+
 type Exit = Result<ChildExit, oneshot::error::RecvError>;
 
 /// Starts the pump of `handle`. At `deadline` (the process lifetime asked for by the
@@ -126,7 +131,12 @@ async fn pump_pipes(
             continue;
         }
         // Read the descriptor directly: the runtime may not have seen its readiness yet.
-        while let Ok(n @ 1..) = nix::unistd::read(pipe.as_fd(), &mut buf) {
+        let mut drained = 0;
+        while drained < DRAIN_LIMIT {
+            let Ok(n @ 1..) = nix::unistd::read(pipe.as_fd(), &mut buf) else {
+                break;
+            };
+            drained += n;
             fanout(handle, wrap[i](chunk(&buf[..n])), &mut scratch).await;
         }
     }
@@ -161,10 +171,13 @@ async fn pump_pty(
     };
     // The kernel flushes pending terminal input before a non-blocking read answers
     // EAGAIN, so this sees everything the process wrote before it exited.
-    if open {
-        while let Some(Ok(n @ 1..)) = master.try_read(&mut buf) {
-            fanout(handle, Output::Pty(chunk(&buf[..n])), &mut scratch).await;
-        }
+    let mut drained = 0;
+    while open && drained < DRAIN_LIMIT {
+        let Some(Ok(n @ 1..)) = master.try_read(&mut buf) else {
+            break;
+        };
+        drained += n;
+        fanout(handle, Output::Pty(chunk(&buf[..n])), &mut scratch).await;
     }
     status
 }

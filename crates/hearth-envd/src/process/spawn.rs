@@ -93,6 +93,15 @@ pub(crate) fn spawn(children: &Children, spec: StartSpec<'_>) -> Result<Spawned,
         Some(size) => {
             let pty = openpty(size)
                 .map_err(|err| EnvdError::io("failed to open a pseudo-terminal", err))?;
+            // Like login(1): the user owns their terminal, so tools that reopen it by
+            // name (ttyname) work. Best effort; the inherited descriptors work anyway.
+            if nix::unistd::geteuid().is_root() {
+                let _ = nix::unistd::fchown(
+                    &pty.slave,
+                    Some(nix::unistd::Uid::from_raw(spec.user.uid)),
+                    None,
+                );
+            }
             let dup = |fd: &OwnedFd| {
                 fd.try_clone()
                     .map_err(|err| EnvdError::io("failed to duplicate the terminal", err))
