@@ -622,6 +622,28 @@ async fn start_deadline_kills_the_process_group() {
     assert_eq!(out.exit_code(), -1);
 }
 
+#[tokio::test]
+async fn connect_deadline_ends_only_the_stream() {
+    let mut ev = start(sh("sleep 30"), json!({}), &[]).await;
+    let pid = ev.pid().await;
+    let out = stream(
+        "Connect",
+        json!({ "process": { "pid": pid } }),
+        &[("connect-timeout-ms", "300")],
+    )
+    .await
+    .finish()
+    .await;
+    assert_eq!(out.pid, Some(pid));
+    assert_eq!(out.error_code(), Some("deadline_exceeded"));
+    assert!(
+        list().await.iter().any(|p| p["pid"] == pid),
+        "still running"
+    );
+    signal(json!({ "pid": pid }), "SIGNAL_SIGKILL").await;
+    assert_eq!(ev.finish().await.status(), "signal: killed");
+}
+
 /// Whether `pid` runs (a zombie waiting for its reaper does not count).
 fn alive(pid: u32) -> bool {
     let t = Instant::now();
@@ -915,9 +937,9 @@ async fn oversized_unary_request_is_refused() {
 
 #[tokio::test]
 async fn pty_gets_a_controlling_terminal_and_resizes() {
+    let script = "tty; stat -c %u $(tty); tput cols; tput lines; read x; tput cols; tput lines";
     let mut ev = start(
-        json!({ "cmd": "/bin/bash", "args": ["-c", "tty; stat -c %u $(tty); tput cols; tput lines; read x; tput cols; tput lines"],
-                "envs": { "TERM": "xterm-256color" } }),
+        json!({ "cmd": "/bin/bash", "args": ["-c", script], "envs": { "TERM": "xterm-256color" } }),
         json!({ "pty": { "size": { "cols": 100, "rows": 30 } } }),
         &[],
     )

@@ -92,7 +92,14 @@ impl ProcessService {
             },
         )?;
         let pid = spawned.pid;
-        tracing::info!(pid, cmd = %config.cmd, user = %user.name, tag = ?tag, pty = pty.is_some(), "process started");
+        tracing::info!(
+            pid,
+            cmd = %config.cmd,
+            user = %user.name,
+            tag = ?tag,
+            pty = pty.is_some(),
+            "process started"
+        );
         let (handle, rx) = ProcHandle::new(pid, tag, config, spawned.io, state.children.clone());
         state.processes.insert(handle.clone());
         let deadline = ctx.deadline().map(tokio::time::Instant::from_std);
