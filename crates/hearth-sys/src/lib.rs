@@ -10,5 +10,6 @@
 pub mod cmd;
 pub mod netns;
 pub mod process;
+pub mod pty;
 pub mod term;
 pub mod tun;
