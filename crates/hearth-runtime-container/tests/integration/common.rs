@@ -21,6 +21,10 @@ pub fn privileged() -> bool {
         eprintln!("skipped: container tests need root");
         return false;
     }
+    if !Path::new("/bin/busybox").exists() {
+        eprintln!("skipped: container tests need a static busybox (apt install busybox-static)");
+        return false;
+    }
     true
 }
 
