@@ -59,3 +59,35 @@ fn envd_answers_health_and_launch_latency_is_measured() -> Result<()> {
     assert!(percentile(&health, 0.5) < Duration::from_millis(250));
     Ok(())
 }
+
+#[test]
+fn launch_latency_with_a_disk_limit_is_measured() -> Result<()> {
+    if !privileged() {
+        return Ok(());
+    }
+    let Some(v) = Volume::new() else {
+        return Ok(());
+    };
+    let mut launch = Vec::new();
+    let mut kill = Vec::new();
+    for _ in 0..30 {
+        let mut spec = script(v.volume.mount_point(), "exec sleep 1000");
+        spec.output = None;
+        spec.limits.disk_bytes = Some(1 << 30);
+        let t0 = Instant::now();
+        let mut c = launcher().launch(&spec)?;
+        launch.push(t0.elapsed());
+        let t1 = Instant::now();
+        c.kill(true)?;
+        kill.push(t1.elapsed());
+    }
+    launch.sort();
+    kill.sort();
+    eprintln!(
+        "launch() with a btrfs disk limit over 30: p50 {:?} p90 {:?}; kill(remove_state) p50 {:?}",
+        percentile(&launch, 0.5),
+        percentile(&launch, 0.9),
+        percentile(&kill, 0.5)
+    );
+    Ok(())
+}

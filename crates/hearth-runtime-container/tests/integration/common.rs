@@ -389,3 +389,48 @@ impl Drop for Guard {
         }
     }
 }
+
+/// A loop-mounted btrfs volume in a temporary directory, unmounted on drop.
+pub struct Volume {
+    pub dir: tempfile::TempDir,
+    pub volume: hearth_runtime_container::DataVolume,
+}
+
+impl Volume {
+    pub fn new() -> Option<Self> {
+        if which("mkfs.btrfs").is_none() {
+            eprintln!("skipped: mkfs.btrfs missing (apt install btrfs-progs)");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("hearth-btrfs-")
+            .tempdir()
+            .ok()?;
+        let volume = hearth_runtime_container::ensure_data_volume(
+            &dir.path().join("mnt"),
+            &dir.path().join("data.img"),
+            512 << 20,
+        )
+        .expect("data volume");
+        Some(Self { dir, volume })
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = self.volume.unmount();
+        let _ = &self.dir;
+    }
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .chain([
+            Path::new("/usr/sbin").join(tool),
+            Path::new("/sbin").join(tool),
+        ])
+        .find(|p| p.exists())
+}

@@ -53,51 +53,6 @@ fn limits_are_written_to_the_cgroups() -> Result<()> {
     Ok(())
 }
 
-/// A loop-mounted btrfs volume in a temporary directory, unmounted on drop.
-struct Volume {
-    dir: tempfile::TempDir,
-    volume: hearth_runtime_container::DataVolume,
-}
-
-impl Volume {
-    fn new() -> Option<Self> {
-        if which("mkfs.btrfs").is_none() {
-            eprintln!("skipped: mkfs.btrfs missing (apt install btrfs-progs)");
-            return None;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("hearth-btrfs-")
-            .tempdir()
-            .ok()?;
-        let volume = ensure_data_volume(
-            &dir.path().join("mnt"),
-            &dir.path().join("data.img"),
-            512 << 20,
-        )
-        .expect("data volume");
-        Some(Self { dir, volume })
-    }
-}
-
-impl Drop for Volume {
-    fn drop(&mut self) {
-        let _ = self.volume.unmount();
-        let _ = &self.dir;
-    }
-}
-
-fn which(tool: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(tool))
-        .chain([
-            Path::new("/usr/sbin").join(tool),
-            Path::new("/sbin").join(tool),
-        ])
-        .find(|p| p.exists())
-}
-
 #[test]
 fn data_volume_is_idempotent() -> Result<()> {
     if !privileged() {
