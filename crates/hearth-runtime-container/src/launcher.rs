@@ -15,13 +15,13 @@
 //!    read-only `/sys` clone, both as detached mounts.
 //! 7. Release init with both mount fds and wait for its exec (or its typed failure).
 //!
-//! Any failure kills init (if cloned) and removes the cgroups, the disk limit, and
-//! the state directory if this launch created it.
+//! Any failure kills init (if cloned) and removes the cgroups, and the state
+//! directory (with its disk limit) if this launch created it.
 
 use crate::cgroups::Controllers;
 use crate::container::{self, Container, Persisted, proc_stat};
 use crate::plan::{self, Prepared};
-use crate::rootfs::{self, StatePaths};
+use crate::rootfs;
 use crate::security;
 use crate::spec::ContainerSpec;
 use crate::{ContainerError, volume};
@@ -70,7 +70,7 @@ impl Default for LauncherConfig {
 }
 
 /// Launches container sandboxes. Holds what every launch reuses: the cgroup layout,
-/// the compiled seccomp filters and the capability count. Cheap to share by
+/// the compiled seccomp filter and the capability count. Cheap to share by
 /// reference across threads; [`Launcher::launch`] blocks (call it from
 /// `spawn_blocking`).
 #[derive(Debug)]
@@ -336,10 +336,5 @@ impl Launcher {
             }
         }
         Ok(orphans)
-    }
-
-    /// The state paths of a spec (for callers that inspect the writable layer).
-    pub fn upper_dir(spec: &ContainerSpec) -> std::path::PathBuf {
-        StatePaths::new(&spec.state_dir).upper
     }
 }
