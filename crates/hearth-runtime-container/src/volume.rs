@@ -138,12 +138,24 @@ impl DataVolume {
 
     /// Unmounts a loop-mounted volume (the loop device frees itself); the image file
     /// stays for the next [`ensure_data_volume`].
+    ///
+    /// `EBUSY` is retried for a moment: a process being spawned elsewhere in this
+    /// program holds a copy of every open fd (ours on the volume included) until it
+    /// execs, a few milliseconds.
     pub fn unmount(&self) -> Result<(), VolumeError> {
         if self.image.is_none() {
             return Ok(());
         }
-        nix::mount::umount2(&self.mount_point, nix::mount::MntFlags::empty())
-            .map_err(|e| io_err(&self.mount_point)(e.into()))
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match nix::mount::umount2(&self.mount_point, nix::mount::MntFlags::empty()) {
+                Ok(()) => return Ok(()),
+                Err(nix::errno::Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(io_err(&self.mount_point)(e.into())),
+            }
+        }
     }
 }
 

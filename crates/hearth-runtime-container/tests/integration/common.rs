@@ -68,18 +68,39 @@ pub fn static_envd() -> Option<PathBuf> {
 }
 
 /// A minimal root filesystem: static busybox, users root and user (1000), and the
-/// static envd if built. Built once per test process.
+/// static envd if built. Cached in `/var/cache/hearth-test` and rebuilt when the
+/// envd binary changes; shared read-only by every test, as templates are.
 pub fn busybox_rootfs() -> &'static Path {
-    static R: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static R: OnceLock<PathBuf> = OnceLock::new();
     R.get_or_init(|| build_busybox().expect("busybox rootfs"))
-        .path()
 }
 
-fn build_busybox() -> Result<tempfile::TempDir> {
-    let dir = tempfile::Builder::new()
-        .prefix("hearth-busybox-")
-        .tempdir()?;
-    let root = dir.path();
+fn build_busybox() -> Result<PathBuf> {
+    let dir = PathBuf::from("/var/cache/hearth-test/rootfs-busybox");
+    let envd = static_envd();
+    let stamp = match &envd {
+        Some(p) => {
+            let m = fs::metadata(p)?;
+            format!("{:?} {}", m.modified()?, m.len())
+        }
+        None => "no envd".to_owned(),
+    };
+    let stamp_file = dir.join(".hearth-test-stamp");
+    if fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
+        return Ok(dir);
+    }
+    fs::create_dir_all("/var/cache/hearth-test")?;
+    let lock = fs::File::create("/var/cache/hearth-test/rootfs-busybox.lock")?;
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .context("lock the busybox rootfs cache")?;
+    if fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
+        return Ok(dir);
+    }
+    let tmp = PathBuf::from("/var/cache/hearth-test/rootfs-busybox.tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    let root = tmp.as_path();
+    fs::create_dir_all(root)?;
     fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
     for d in [
         "bin",
@@ -113,9 +134,12 @@ fn build_busybox() -> Result<tempfile::TempDir> {
         "root:x:0:\ntty:x:5:\nuser:x:1000:\n",
     )?;
     fs::write(root.join("etc/hosts"), "# from the layer\n")?;
-    if let Some(envd) = static_envd() {
+    if let Some(envd) = envd {
         fs::copy(envd, root.join("usr/bin/hearth-envd"))?;
     }
+    fs::write(root.join(".hearth-test-stamp"), &stamp)?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&tmp, &dir)?;
     Ok(dir)
 }
 
