@@ -8,4 +8,5 @@
 #![allow(unsafe_code)]
 
 pub mod cmd;
+pub mod fs;
 pub mod process;
