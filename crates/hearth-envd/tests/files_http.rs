@@ -73,6 +73,16 @@ async fn download_errors_are_json_with_status() {
         StatusCode::UNAUTHORIZED,
     );
     std::fs::write(envd.home.join("f"), "x").unwrap();
+    // Traversal is resolved lexically: `..` cannot climb above `/`, and what it
+    // names is served (the sandbox, not envd, is the boundary).
+    let depth = envd.home.components().count();
+    let climb = format!(
+        "{}{}",
+        "../".repeat(depth + 3),
+        envd.home.join("f").display()
+    );
+    let r = get(&envd, &format!("path={}", enc(&climb)), &[]).await;
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"x"[..]));
     error_of(
         &get(&envd, "path=f", &[("accept-encoding", "br, identity;q=0")]).await,
         StatusCode::NOT_ACCEPTABLE,

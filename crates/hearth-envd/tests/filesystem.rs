@@ -422,3 +422,22 @@ async fn oversized_unary_body_is_rejected_in_connect_shape() {
     let r = envd.rpc("Stat", json!({"path": "~"})).await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn watcher_count_is_bounded_and_idle_ones_can_be_evicted() {
+    use hearth_envd::filesystem::watch::MAX_WATCHERS;
+    let envd = TestEnvd::start().await;
+    std::fs::create_dir(envd.home.join("many")).unwrap();
+    for _ in 0..MAX_WATCHERS {
+        let r = envd.rpc("CreateWatcher", json!({"path": "many"})).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    let r = envd.rpc("CreateWatcher", json!({"path": "many"})).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(code(&r), "resource_exhausted");
+    // Abandoned watchers (never removed) give way once idle long enough.
+    envd.state.watchers.evict_idle(Duration::ZERO);
+    assert_eq!(envd.state.watchers.active(), 0);
+    let r = envd.rpc("CreateWatcher", json!({"path": "many"})).await;
+    assert_eq!(r.status, StatusCode::OK);
+}

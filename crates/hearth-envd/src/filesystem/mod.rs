@@ -91,6 +91,7 @@ fn start_watch(
             root.display()
         )));
     }
+    state.watchers.evict_idle(watch::IDLE_EVICTION);
     watch::Watch::start(
         state,
         watch::WatchSpec {

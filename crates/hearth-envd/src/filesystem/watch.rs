@@ -30,10 +30,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
-/// Most concurrent watches (streams plus polled watchers) per envd.
-pub const MAX_WATCHERS: usize = 256;
+/// Most concurrent watches (streams plus polled watchers) per envd. Each is an
+/// inotify instance, and the kernel allows 128 per user by default
+/// (`fs.inotify.max_user_instances`): envd keeps half for the sandbox's own tools.
+pub const MAX_WATCHERS: usize = 64;
 /// Most events a polled watcher keeps between two polls.
 pub const MAX_BUFFERED_EVENTS: usize = 10_000;
+/// A polled watcher not polled for this long may be evicted to make room for a new
+/// watch once [`MAX_WATCHERS`] is reached (clients that never call `RemoveWatcher`).
+pub const IDLE_EVICTION: Duration = Duration::from_secs(600);
 /// Keepalive interval when the client sends no (valid) `Keepalive-Ping-Interval`.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(90);
 
@@ -104,7 +109,9 @@ pub struct Watch {
     /// Watched directories, relative to the root (`""` is the root itself).
     dirs: HashMap<WatchDescriptor, PathBuf>,
     root_wd: WatchDescriptor,
-    _slot: Slot,
+    /// Held while the watch lives; a polled watcher moves it to its table entry so
+    /// removal frees the slot at once, not when the aborted task is next polled.
+    slot: Option<Slot>,
 }
 
 impl Watch {
@@ -129,7 +136,7 @@ impl Watch {
             dirs: HashMap::from([(root_wd, PathBuf::new())]),
             root_wd,
             spec,
-            _slot: slot,
+            slot: Some(slot),
         };
         if watch.spec.recursive {
             watch.add_tree(Path::new(""))?;
@@ -389,6 +396,9 @@ struct Buffer {
 struct Polled {
     buffer: Arc<Mutex<Buffer>>,
     task: tokio::task::JoinHandle<()>,
+    _slot: Option<Slot>,
+    /// Creation or last poll.
+    last_used: Mutex<std::time::Instant>,
 }
 
 impl Drop for Polled {
@@ -417,7 +427,8 @@ impl WatcherTable {
     }
 
     /// Starts a polled watcher; its events buffer until fetched.
-    pub fn create(&self, watch: Watch) -> String {
+    pub fn create(&self, mut watch: Watch) -> String {
+        let slot = watch.slot.take();
         let buffer = Arc::new(Mutex::new(Buffer::default()));
         let sink = buffer.clone();
         let id = self.new_id();
@@ -450,7 +461,15 @@ impl WatcherTable {
         self.polled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Polled { buffer, task });
+            .insert(
+                id.clone(),
+                Polled {
+                    buffer,
+                    task,
+                    _slot: slot,
+                    last_used: Mutex::new(std::time::Instant::now()),
+                },
+            );
         id
     }
 
@@ -458,6 +477,7 @@ impl WatcherTable {
     pub fn take_events(&self, id: &str) -> Result<Vec<FilesystemEvent>, EnvdError> {
         let table = self.polled.lock().unwrap_or_else(|p| p.into_inner());
         let watcher = table.get(id).ok_or_else(|| not_found(id))?;
+        *watcher.last_used.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         let mut buf = watcher.buffer.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((code, message)) = &buf.error {
             return Err(match code {
@@ -482,6 +502,23 @@ impl WatcherTable {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         removed.map(drop).ok_or_else(|| not_found(id))
+    }
+
+    /// When every watch slot is taken, drops polled watchers idle for longer than
+    /// `idle`, so abandoned watchers cannot lock out new ones forever.
+    pub fn evict_idle(&self, idle: Duration) {
+        if self.active() < MAX_WATCHERS {
+            return;
+        }
+        let mut table = self.polled.lock().unwrap_or_else(|p| p.into_inner());
+        table.retain(|id, w| {
+            let last = *w.last_used.lock().unwrap_or_else(|p| p.into_inner());
+            let keep = last.elapsed() < idle;
+            if !keep {
+                tracing::info!(watcher = %id, "evicting idle watcher to make room");
+            }
+            keep
+        });
     }
 
     /// Number of live watches of both kinds.
