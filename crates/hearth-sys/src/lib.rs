@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 pub mod cmd;
+pub mod fs;
 pub mod netns;
 pub mod process;
 pub mod pty;
