@@ -12,6 +12,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod clone;
 pub mod cmd;
+pub mod fs;
 pub mod mount;
 pub mod netns;
 pub mod ns;
