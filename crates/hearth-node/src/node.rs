@@ -353,7 +353,7 @@ impl Node {
             Ok(i) => i,
             Err(e) => {
                 let _ = self.inner.network.release(slot).await;
-                let _ = std::fs::remove_dir_all(&spec.state_dir);
+                let _ = self.inner.runtime.remove_state_dir(&spec.state_dir);
                 return Err(e.into());
             }
         };
@@ -372,7 +372,7 @@ impl Node {
         if let Err(err) = result {
             let _ = instance.kill().await;
             let _ = self.inner.network.release(slot).await;
-            let _ = std::fs::remove_dir_all(&spec.state_dir);
+            let _ = self.inner.runtime.remove_state_dir(&spec.state_dir);
             return Err(err);
         }
         entry.set_route(Route::Running {
@@ -497,10 +497,8 @@ impl Node {
             tracing::error!(sandbox_id = %id, error = %ErrorChain(&err), "slot release failed");
         }
         let dir = self.inner.config.sandbox_dir(id.as_str());
-        if let Err(err) = std::fs::remove_dir_all(&dir)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::error!(sandbox_id = %id, dir = %dir.display(), error = %err, "state dir removal failed");
+        if let Err(err) = self.inner.runtime.remove_state_dir(&dir) {
+            tracing::error!(sandbox_id = %id, error = %ErrorChain(&err), "state dir removal failed");
         }
         if let Err(err) = self.inner.store.delete_sandbox(&id) {
             tracing::error!(sandbox_id = %id, error = %ErrorChain(&err), "store delete failed");
@@ -954,8 +952,10 @@ impl Node {
                             {
                                 tracing::warn!(sandbox_id = %id, error = %ErrorChain(&e), "cleanup failed");
                             }
-                            let _ =
-                                std::fs::remove_dir_all(self.inner.config.sandbox_dir(id.as_str()));
+                            let _ = self
+                                .inner
+                                .runtime
+                                .remove_state_dir(&self.inner.config.sandbox_dir(id.as_str()));
                             self.inner.store.delete_sandbox(&id)?;
                         }
                     }
@@ -1002,7 +1002,7 @@ impl Node {
             let name = d.file_name().to_string_lossy().into_owned();
             if !known.contains(&name) {
                 tracing::info!(dir = %d.path().display(), "removing orphaned sandbox directory");
-                let _ = std::fs::remove_dir_all(d.path());
+                let _ = self.inner.runtime.remove_state_dir(&d.path());
             }
         }
     }

@@ -284,6 +284,19 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
         spec: &SandboxSpec,
         paused: &PausedState,
     ) -> Result<Box<dyn Instance>, RuntimeError>;
+
+    /// Deletes a sandbox's state directory (a runtime may keep it on a special
+    /// filesystem, e.g. a btrfs subvolume). A missing directory is not an error.
+    fn remove_state_dir(&self, dir: &Path) -> Result<(), RuntimeError> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::Unavailable {
+                runtime: self.kind(),
+                reason: format!("cannot remove {}: {e}", dir.display()),
+            }),
+        }
+    }
 }
 
 /// One running sandbox.
@@ -308,6 +321,14 @@ pub trait Instance: Send + Sync + fmt::Debug {
     /// [`MemoryPause::Freeze`] pause, which the node must keep as an instance) and the
     /// returned state resumes it; on failure it keeps running.
     async fn pause(&mut self, memory: bool, dir: &Path) -> Result<PausedState, RuntimeError>;
+
+    /// Undoes a [`MemoryPause::Freeze`] pause: the processes continue.
+    async fn unfreeze(&mut self) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unavailable {
+            runtime: RuntimeKind::Container,
+            reason: "this instance cannot be frozen".into(),
+        })
+    }
 }
 
 /// Polls `http://<addr>/health` until it answers 204 or `timeout` passes.
