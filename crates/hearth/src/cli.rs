@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Command-line flags.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Self-hosted, E2B-compatible sandboxes for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, about)]
+pub struct Cli {
+    /// Log filter (error, warn, info, debug or a tracing filter); default from HEARTH_LOG.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API, the sandbox proxy and the node (as root).
+    Serve(ServeArgs),
+    /// Manage API keys (works on the local store; the server need not run).
+    Apikey {
+        /// Which key operation.
+        #[command(subcommand)]
+        op: ApikeyOp,
+        /// Hearth's data directory.
+        #[arg(long, env = "HEARTH_HOME", default_value = "/var/lib/hearth")]
+        home: PathBuf,
+    },
+}
+
+/// `hearth serve` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address for the API and the sandbox proxy.
+    #[arg(long, default_value = "127.0.0.1:3000", env = "HEARTH_LISTEN")]
+    pub listen: SocketAddr,
+    /// Hearth's data directory (store, templates, sandboxes).
+    #[arg(long, env = "HEARTH_HOME", default_value = "/var/lib/hearth")]
+    pub home: PathBuf,
+    /// Domain for host-routed sandbox URLs `<port>-<sandboxID>.<domain>`.
+    #[arg(long, default_value = "localhost", env = "HEARTH_DOMAIN")]
+    pub domain: String,
+    /// Domain reported to SDKs in API responses (default: none, clients use
+    /// E2B_SANDBOX_URL).
+    #[arg(long, env = "HEARTH_PUBLIC_DOMAIN")]
+    pub public_domain: Option<String>,
+    /// Leave running sandboxes alive when hearth exits; they are re-adopted on start.
+    #[arg(long)]
+    pub keep_sandboxes: bool,
+    /// An API key to register at start (also: HEARTH_API_KEY).
+    #[arg(long, env = "HEARTH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Test-only: run sandboxes as unisolated host processes using this envd binary.
+    /// Never use this with untrusted code.
+    #[arg(long, hide = true)]
+    pub unsafe_sim_runtime: Option<PathBuf>,
+}
+
+/// `hearth apikey` operations.
+#[derive(Debug, Subcommand)]
+pub enum ApikeyOp {
+    /// Create a key and print it (it is not shown again).
+    Create {
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// List keys (masked).
+    Ls,
+    /// Delete a key by id.
+    Rm {
+        /// Key id as shown by `hearth apikey ls`.
+        id: String,
+    },
+}

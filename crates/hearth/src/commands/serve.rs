@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `hearth serve`: the API and the sandbox proxy on one port, and the node behind
+//! them.
+//!
+//! Start-up order: store → API keys → network → runtime → templates → node
+//! (reconciles leftovers) → listener. Shut-down (SIGTERM/SIGINT): stop accepting, let
+//! the node kill its sandboxes (unless `--keep-sandboxes`) and release the network.
+
+use crate::cli::ServeArgs;
+use anyhow::Context;
+use axum::body::Body;
+use hearth_api::ApiState;
+use hearth_node::{Network, Node, NodeConfig};
+use hearth_proxy::Proxy;
+use hearth_runtime::Runtime;
+use hearth_store::Store;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let sim = args.unsafe_sim_runtime.clone();
+    if sim.is_none() && !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "hearth serve must run as root (it creates namespaces, cgroups and network devices)"
+        );
+    }
+    std::fs::create_dir_all(&args.home)
+        .with_context(|| format!("failed to create {}", args.home.display()))?;
+    let store = Store::open(&args.home.join("hearth.db"))?;
+    register_keys(&store, &args)?;
+
+    let (runtime, network): (Arc<dyn Runtime>, Arc<dyn Network>) = match sim {
+        Some(envd) => {
+            tracing::warn!("UNSAFE sim runtime: sandboxes are unisolated host processes");
+            (
+                Arc::new(hearth_runtime_sim::SimRuntime::new(envd)),
+                Arc::new(hearth_runtime_sim::SimNetwork::default()),
+            )
+        }
+        None => anyhow::bail!("the container runtime is not wired in yet"),
+    };
+    let mut config = NodeConfig::new(args.home.clone());
+    config.keep_sandboxes_on_exit = args.keep_sandboxes;
+    if args.unsafe_sim_runtime.is_some() {
+        config.default_user = "root".to_owned();
+        register_sim_template(&store)?;
+    }
+    let node = Node::start(config, store, runtime, network).await?;
+    let proxy = Proxy::new(node.clone(), args.domain.clone());
+    let api = hearth_api::router(ApiState {
+        node: node.clone(),
+        domain: args.public_domain.clone(),
+    });
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, home = %args.home.display(), "hearth serving");
+    eprintln!("hearth is ready on http://{}", args.listen);
+
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let (proxy, api) = (proxy.clone(), api.clone());
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (proxy, api) = (proxy.clone(), api.clone());
+                    async move {
+                        let req = req.map(Body::new);
+                        let resp = match proxy.wants(&req) {
+                            Some(target) => proxy.forward(target, req).await,
+                            None => match api.oneshot(req).await {
+                                Ok(r) => r,
+                                Err(never) => match never {},
+                            },
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    builder.http1().keep_alive(true);
+                    if let Err(err) = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await
+                    {
+                        tracing::debug!(%peer, error = %err, "connection ended with error");
+                    }
+                });
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn register_keys(store: &Store, args: &ServeArgs) -> anyhow::Result<()> {
+    if let Some(key) = args.api_key.as_deref().filter(|k| !k.is_empty()) {
+        let rec = hearth_api::auth::register_key(store, key, "HEARTH_API_KEY")?;
+        tracing::info!(key = %rec.mask, "registered API key from the environment");
+    }
+    if store.list_api_keys()?.is_empty() {
+        // First start: make a key so the service is usable, and say where it is.
+        let key = hearth_api::auth::generate_key();
+        hearth_api::auth::register_key(store, &key, "first-start")?;
+        let path = args.home.join("api-key");
+        write_secret(&path, &key)?;
+        eprintln!("created an API key (saved to {}): {key}", path.display());
+    }
+    Ok(())
+}
+
+fn write_secret(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    writeln!(f, "{text}")?;
+    Ok(())
+}
+
+fn register_sim_template(store: &Store) -> anyhow::Result<()> {
+    store.upsert_template(&hearth_store::TemplateRecord {
+        id: "base".into(),
+        kind: hearth_store::TemplateKind::Template,
+        build_id: "sim".into(),
+        names: vec!["base".into()],
+        runtime: None,
+        cpu_count: 1,
+        memory_mb: 512,
+        disk_mb: 1024,
+        envd_version: hearth_node::ENVD_VERSION.into(),
+        artifacts: serde_json::json!({}),
+        source_sandbox: None,
+        created_at: time::OffsetDateTime::now_utc(),
+    })?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without handlers the default action (exit) still applies; wait forever.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
