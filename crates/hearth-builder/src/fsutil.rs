@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 /// Removing a directory tree failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoveTreeError {
-    /// `/proc/self/mountinfo` could not be read.
-    #[error("failed to read /proc/self/mountinfo")]
+    /// `/proc/thread-self/mountinfo` could not be read.
+    #[error("failed to read /proc/thread-self/mountinfo")]
     ReadMounts(#[source] io::Error),
     /// A mount below the tree could not be detached.
     #[error("failed to unmount {path}")]
@@ -82,7 +82,7 @@ fn mounts_below(mountinfo: &str, root: &Path) -> Vec<PathBuf> {
 /// Detaches every mount at or below `root`.
 pub fn unmount_below(root: &Path) -> Result<(), RemoveTreeError> {
     let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").map_err(RemoveTreeError::ReadMounts)?;
+        fs::read_to_string("/proc/thread-self/mountinfo").map_err(RemoveTreeError::ReadMounts)?;
     for mount in mounts_below(&mountinfo, root) {
         match umount2(&mount, MntFlags::MNT_DETACH) {
             // Already gone (a parent's lazy detach took it along).
@@ -181,6 +181,50 @@ mod tests {
             keep.exists(),
             "a symlink target outside the tree was touched"
         );
+    }
+
+    #[test]
+    fn remove_tree_detaches_mounts_left_inside_instead_of_deleting_through_them() {
+        use nix::mount::{MsFlags, mount};
+        use nix::sched::{CloneFlags, unshare};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs root to mount");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        let inner = root.join("rootfs/proc");
+        fs::create_dir_all(&inner).unwrap();
+        let root_for_thread = root.clone();
+        // A private mount namespace for this thread only: nothing can leak to the host
+        // even if an assertion fails half-way.
+        std::thread::spawn(move || {
+            unshare(CloneFlags::CLONE_NEWNS).unwrap();
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .unwrap();
+            mount(
+                Some("tmpfs"),
+                &inner,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap();
+            fs::write(inner.join("on-the-mount"), "x").unwrap();
+            remove_tree(&root_for_thread).unwrap();
+            assert!(!root_for_thread.exists());
+            let mountinfo = fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+            assert!(mounts_below(&mountinfo, &root_for_thread).is_empty());
+        })
+        .join()
+        .unwrap();
+        assert!(!root.exists());
     }
 
     #[test]
