@@ -156,7 +156,8 @@ def test_timeout_raises_and_kills_the_process(sandbox: Sandbox):
     # envd kills the process at the deadline (Connect-Timeout-Ms), not just the client.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        left = sandbox.commands.run("pgrep -f 'sleep 47.25' || true", timeout=10).stdout
+        # The bracket keeps pgrep from matching the shell running pgrep itself.
+        left = sandbox.commands.run("pgrep -f 'sleep 47[.]25' || true", timeout=10).stdout
         if not left.strip():
             break
         time.sleep(0.1)
@@ -167,7 +168,7 @@ def test_background_command_timeout_kills_it(sandbox: Sandbox):
     handle = sandbox.commands.run("sleep 48.5", background=True, timeout=1)
     time.sleep(2.5)
     assert handle.pid not in {p.pid for p in sandbox.commands.list()}
-    left = sandbox.commands.run("pgrep -f 'sleep 48.5' || true").stdout
+    left = sandbox.commands.run("pgrep -f 'sleep 48[.]5' || true").stdout
     assert not left.strip()
 
 

@@ -24,6 +24,17 @@ def _collect(handle, sink: list[bytes]) -> threading.Thread:
     return t
 
 
+def _read_until(handle, sink: list[bytes], needle: bytes) -> None:
+    """Reads the handle's PTY output in this thread until `needle` appeared (the
+    suite's timeout bounds it), so the handle can be disconnected afterwards."""
+    for _, _, pty in handle:
+        if pty is not None:
+            sink.append(pty)
+        if needle in b"".join(sink):
+            return
+    raise AssertionError(f"stream ended before {needle!r}: {b''.join(sink)!r}")
+
+
 def _wait_for(sink: list[bytes], needle: bytes, timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,9 +76,8 @@ def test_tput_cols_before_and_after_resize(sandbox: Sandbox):
 def test_pty_reconnect_keeps_the_session(sandbox: Sandbox):
     terminal = sandbox.pty.create(PtySize(cols=80, rows=24), envs={"FOO": "bar"})
     first: list[bytes] = []
-    _collect(terminal, first)
     sandbox.pty.send_stdin(terminal.pid, b"export MARK=kept; echo one-$FOO\n")
-    assert _wait_for(first, b"one-bar")
+    _read_until(terminal, first, b"one-bar")
     terminal.disconnect()
 
     again = sandbox.pty.connect(terminal.pid)
@@ -82,7 +92,11 @@ def test_pty_reconnect_keeps_the_session(sandbox: Sandbox):
 def test_pty_kill(sandbox: Sandbox):
     terminal = sandbox.pty.create(PtySize(cols=80, rows=24))
     assert sandbox.pty.kill(terminal.pid) is True
-    assert terminal.pid not in {p.pid for p in sandbox.commands.list()}
+    # The killed shell leaves the list once envd has reaped it.
+    deadline = time.monotonic() + 5
+    while terminal.pid in {p.pid for p in sandbox.commands.list()}:
+        assert time.monotonic() < deadline, "killed PTY is still listed"
+        time.sleep(0.05)
     assert sandbox.pty.kill(terminal.pid) is False
 
 

@@ -78,6 +78,16 @@ def _mounts_below(path: Path) -> list[str]:
     return out
 
 
+def _describe(pid: int) -> str:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return "gone"
+    return f"state {state}, ppid {ppid}: {cmdline}"
+
+
 class LeakError(AssertionError):
     """Stopping envd left a process, namespace, mount or file behind."""
 
@@ -208,8 +218,8 @@ class EnvdInstance:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         # The namespaces vanish with their last process; give the kernel a moment
-        # to finish reaping the namespace's init.
-        deadline = time.monotonic() + 5
+        # (generous: the machine may be busy) to finish killing and reaping them.
+        deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             left = []
             if self.pid_ns:
@@ -220,7 +230,8 @@ class EnvdInstance:
                 break
             time.sleep(0.05)
         else:
-            problems.append(f"processes still in envd's namespaces: {sorted(set(left))}")
+            described = [f"{pid} ({_describe(pid)})" for pid in sorted(set(left))]
+            problems.append(f"processes still in envd's namespaces: {described}")
         if self.tmp is not None:
             mounts = _mounts_below(self.tmp)
             if mounts:
