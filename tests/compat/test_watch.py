@@ -128,3 +128,49 @@ def test_watch_a_file_is_an_error(sandbox: Sandbox, name: str):
     sandbox.files.write(f"{name}.txt", "x")
     with pytest.raises(SandboxException):
         sandbox.files.watch_dir(f"{name}.txt")
+
+
+def test_watch_dir_stream_starts_then_streams_events_and_keepalives(
+    sandbox: Sandbox, raw, name: str
+):
+    """The server-streaming WatchDir the JS SDK uses: `start` first, then events with
+    names relative to the watched directory, keepalives when idle."""
+    import json
+    import struct
+    import threading
+
+    from hearth_compat.connect import envelope, stream_headers
+
+    sandbox.files.make_dir(f"{name}/sub")
+    frames: list[dict] = []
+    body = envelope({"path": f"/home/user/{name}", "recursive": True})
+    headers = stream_headers({"Keepalive-Ping-Interval": "1", "Connect-Timeout-Ms": "20000"})
+    with raw.stream("POST", "/filesystem.Filesystem/WatchDir", content=body, headers=headers) as r:
+        assert r.status_code == 200
+        buf = b""
+        wrote = False
+        deadline = time.monotonic() + 15
+        for chunk in r.iter_raw():
+            buf += chunk
+            while len(buf) >= 5:
+                flags, length = struct.unpack(">BI", buf[:5])
+                if len(buf) < 5 + length:
+                    break
+                frame = json.loads(buf[5 : 5 + length])
+                buf = buf[5 + length :]
+                assert not flags & 0x02, f"stream ended early: {frame}"
+                frames.append(frame)
+            if frames and not wrote:
+                threading.Thread(
+                    target=lambda: sandbox.files.write(f"{name}/sub/s.txt", "x"), daemon=True
+                ).start()
+                wrote = True
+            names = [f.get("filesystem", {}).get("name") for f in frames]
+            if "sub/s.txt" in names and frames[-1].get("keepalive") is not None:
+                break
+            assert time.monotonic() < deadline, frames
+    assert frames[0] == {"start": {}}
+    events = [f["filesystem"] for f in frames if "filesystem" in f]
+    assert any(e["name"] == "sub/s.txt" and e["type"] == "EVENT_TYPE_CREATE" for e in events)
+    assert any(e["name"] == "sub/s.txt" and e["type"] == "EVENT_TYPE_WRITE" for e in events)
+    assert any("keepalive" in f for f in frames)
