@@ -74,8 +74,6 @@ def name() -> str:
 
 def assert_serving(backend: Backend) -> None:
     """envd still answers health checks and runs commands."""
-    import e2b  # noqa: F401
-
     r = httpx.get(f"{backend.envd_url}/health", headers=backend.envd_headers(), timeout=10)
     assert r.status_code == 204, r
     result = backend.sandbox().commands.run("echo still-here", timeout=20)
