@@ -189,6 +189,19 @@ impl Api {
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// The latest `memUsed` sample of a sandbox, if any.
+    pub async fn latest_metric(&self, id: &str) -> Result<Option<u64>, ClientError> {
+        let (status, bytes) = self
+            .call(http::Method::GET, &format!("/sandboxes/{id}/metrics"), None)
+            .await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        let v: Vec<serde_json::Value> =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(v.last().and_then(|m| m["memUsed"].as_u64()))
+    }
+
     /// An envd client for `sandbox`, through the API's sandbox proxy.
     pub fn envd(&self, sandbox: &Created) -> Envd {
         Envd::via_proxy(

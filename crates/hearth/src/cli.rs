@@ -52,6 +52,8 @@ pub enum Command {
 pub enum BenchOp {
     /// envd over loopback: command round trip, file I/O, idle memory.
     Envd(crate::commands::bench::envd::EnvdBenchArgs),
+    /// A real server: create latency and throughput, memory per sandbox, proxy.
+    Serve(crate::commands::bench::serve::ServeBenchArgs),
 }
 
 /// `hearth sandbox` flags.

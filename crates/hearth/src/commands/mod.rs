@@ -19,6 +19,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Doctor { home } => doctor::run(&home),
         Command::Bench { which } => match which {
             crate::cli::BenchOp::Envd(a) => bench::envd::run(a).await,
+            crate::cli::BenchOp::Serve(a) => bench::serve::run(a).await,
         },
     }
 }

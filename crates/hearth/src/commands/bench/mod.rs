@@ -5,6 +5,7 @@
 //! compared across runs; `BENCHMARKS.md` records them with the machine and date.
 
 pub mod envd;
+pub mod serve;
 
 use serde::Serialize;
 use std::time::Duration;
