@@ -843,7 +843,20 @@ impl Node {
 
     async fn sample(&self, entry: &Entry) {
         let stats = {
-            let live = entry.live.lock().await;
+            let mut live = entry.live.lock().await;
+            let alive = match live.instance.as_ref() {
+                Some(i) => i.is_alive(),
+                None => return,
+            };
+            if !alive && live.record.state == SandboxState::Running && !live.removed {
+                // Its init died without being asked to (a crash, an OOM of envd):
+                // nothing can be served any more, so free everything it held.
+                tracing::warn!(sandbox_id = %entry.id, "sandbox exited unexpectedly; removing it");
+                self.destroy(entry, &mut live).await;
+                drop(live);
+                self.remove_entry(&entry.id);
+                return;
+            }
             match live.instance.as_ref() {
                 Some(i) => i.stats().await,
                 None => return,
