@@ -16,6 +16,10 @@ use connectrpc::ConnectError;
 use http::{HeaderValue, StatusCode, header};
 use std::sync::Arc;
 
+/// Upstream envd's text for a missing or wrong token.
+const UNAUTHORIZED: &str =
+    "unauthorized access, please provide a valid access token or method signing if supported";
+
 /// Request extension: the request is authorised only if its URL signature verifies.
 #[derive(Debug, Clone)]
 pub struct SignatureRequired {
@@ -45,7 +49,7 @@ pub async fn require_token(
     };
     match req.headers().get("x-access-token") {
         Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => next.run(req).await,
-        Some(_) => unauthenticated(&req, "invalid access token"),
+        Some(_) => unauthenticated(&req, UNAUTHORIZED),
         None => {
             let signed = req.uri().path() == "/files"
                 && req
@@ -56,7 +60,7 @@ pub async fn require_token(
                 req.extensions_mut().insert(SignatureRequired { token });
                 next.run(req).await
             } else {
-                unauthenticated(&req, "missing access token")
+                unauthenticated(&req, UNAUTHORIZED)
             }
         }
     }

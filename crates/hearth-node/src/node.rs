@@ -129,6 +129,22 @@ impl Node {
         Ok(node)
     }
 
+    /// Slots (with their policies) of stored sandboxes that may still run: the network
+    /// must be started with these adopted, before [`Node::start`].
+    pub fn adoptable_slots(
+        store: &Store,
+    ) -> Result<Vec<(hearth_runtime::NetSlot, EgressPolicy)>, NodeError> {
+        Ok(store
+            .all_sandboxes()?
+            .into_iter()
+            .filter(|r| r.state != SandboxState::Paused)
+            .filter_map(|r| {
+                let c: SandboxConfig = serde_json::from_value(r.config).ok()?;
+                Some((c.slot?, c.egress))
+            })
+            .collect())
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
@@ -321,7 +337,7 @@ impl Node {
         let slot = self
             .inner
             .network
-            .acquire(&live.config.egress)
+            .acquire(self.inner.runtime.kind(), &live.config.egress)
             .await
             .map_err(|e| {
                 NodeError::Capacity(format!("no network slot available: {}", ErrorChain(&e)))
@@ -337,7 +353,7 @@ impl Node {
             Ok(i) => i,
             Err(e) => {
                 let _ = self.inner.network.release(slot).await;
-                let _ = std::fs::remove_dir_all(&spec.state_dir);
+                let _ = self.inner.runtime.remove_state_dir(&spec.state_dir);
                 return Err(e.into());
             }
         };
@@ -356,7 +372,7 @@ impl Node {
         if let Err(err) = result {
             let _ = instance.kill().await;
             let _ = self.inner.network.release(slot).await;
-            let _ = std::fs::remove_dir_all(&spec.state_dir);
+            let _ = self.inner.runtime.remove_state_dir(&spec.state_dir);
             return Err(err);
         }
         entry.set_route(Route::Running {
@@ -481,10 +497,8 @@ impl Node {
             tracing::error!(sandbox_id = %id, error = %ErrorChain(&err), "slot release failed");
         }
         let dir = self.inner.config.sandbox_dir(id.as_str());
-        if let Err(err) = std::fs::remove_dir_all(&dir)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::error!(sandbox_id = %id, dir = %dir.display(), error = %err, "state dir removal failed");
+        if let Err(err) = self.inner.runtime.remove_state_dir(&dir) {
+            tracing::error!(sandbox_id = %id, error = %ErrorChain(&err), "state dir removal failed");
         }
         if let Err(err) = self.inner.store.delete_sandbox(&id) {
             tracing::error!(sandbox_id = %id, error = %ErrorChain(&err), "store delete failed");
@@ -938,16 +952,15 @@ impl Node {
                             {
                                 tracing::warn!(sandbox_id = %id, error = %ErrorChain(&e), "cleanup failed");
                             }
-                            let _ =
-                                std::fs::remove_dir_all(self.inner.config.sandbox_dir(id.as_str()));
+                            let _ = self
+                                .inner
+                                .runtime
+                                .remove_state_dir(&self.inner.config.sandbox_dir(id.as_str()));
                             self.inner.store.delete_sandbox(&id)?;
                         }
                     }
                 }
             }
-        }
-        if let Err(e) = self.inner.network.reclaim_stale().await {
-            tracing::warn!(error = %ErrorChain(&e), "network reclaim failed");
         }
         self.remove_orphan_dirs();
         Ok(())
@@ -963,12 +976,7 @@ impl Node {
         let template = self.inner.store.template(&record.template_id).ok()??;
         let spec = self.spec(record, &template, slot.clone()).ok()?;
         match self.inner.runtime.adopt(&spec, state).await {
-            Ok(Some(instance)) => {
-                if let Err(e) = self.inner.network.adopt(&slot, &config.egress).await {
-                    tracing::warn!(sandbox_id = %record.id, error = %ErrorChain(&e), "slot adoption failed");
-                }
-                Some(instance)
-            }
+            Ok(Some(instance)) => Some(instance),
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(sandbox_id = %record.id, error = %ErrorChain(&e), "adoption failed");
@@ -994,7 +1002,7 @@ impl Node {
             let name = d.file_name().to_string_lossy().into_owned();
             if !known.contains(&name) {
                 tracing::info!(dir = %d.path().display(), "removing orphaned sandbox directory");
-                let _ = std::fs::remove_dir_all(d.path());
+                let _ = self.inner.runtime.remove_state_dir(&d.path());
             }
         }
     }
@@ -1006,6 +1014,9 @@ impl Node {
         self.inner.tasks.cancel();
         if self.inner.config.keep_sandboxes_on_exit {
             tracing::info!("leaving running sandboxes for re-adoption");
+            if let Err(e) = self.inner.network.shutdown(true).await {
+                tracing::error!(error = %ErrorChain(&e), "network detach failed");
+            }
             return;
         }
         let entries: Vec<Arc<Entry>> = self
@@ -1030,7 +1041,7 @@ impl Node {
             });
         }
         while tasks.join_next().await.is_some() {}
-        if let Err(e) = self.inner.network.shutdown().await {
+        if let Err(e) = self.inner.network.shutdown(false).await {
             tracing::error!(error = %ErrorChain(&e), "network shutdown failed");
         }
     }

@@ -93,14 +93,16 @@ pub struct Artifacts {
 pub struct NetSlot {
     /// Slot number; also selects the container's host uid range.
     pub index: u32,
+    /// Which runtime the slot is laid out for.
+    pub kind: RuntimeKind,
     /// Address the host uses to reach the guest (`<addr>:49983` is envd).
     pub host_addr: Ipv4Addr,
     /// Network namespace for container sandboxes (guest side).
-    pub guest_netns: PathBuf,
+    pub guest_netns: Option<PathBuf>,
     /// Network namespace holding the tap for microVMs (router side).
     pub router_netns: PathBuf,
-    /// Tap device name inside `router_netns`.
-    pub tap: String,
+    /// Tap device name inside `router_netns` (microVM slots).
+    pub tap: Option<String>,
     /// Guest MAC address.
     pub mac: String,
     /// Nameservers the sandbox may use.
@@ -282,6 +284,19 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
         spec: &SandboxSpec,
         paused: &PausedState,
     ) -> Result<Box<dyn Instance>, RuntimeError>;
+
+    /// Deletes a sandbox's state directory (a runtime may keep it on a special
+    /// filesystem, e.g. a btrfs subvolume). A missing directory is not an error.
+    fn remove_state_dir(&self, dir: &Path) -> Result<(), RuntimeError> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::Unavailable {
+                runtime: self.kind(),
+                reason: format!("cannot remove {}: {e}", dir.display()),
+            }),
+        }
+    }
 }
 
 /// One running sandbox.
@@ -306,6 +321,14 @@ pub trait Instance: Send + Sync + fmt::Debug {
     /// [`MemoryPause::Freeze`] pause, which the node must keep as an instance) and the
     /// returned state resumes it; on failure it keeps running.
     async fn pause(&mut self, memory: bool, dir: &Path) -> Result<PausedState, RuntimeError>;
+
+    /// Undoes a [`MemoryPause::Freeze`] pause: the processes continue.
+    async fn unfreeze(&mut self) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unavailable {
+            runtime: RuntimeKind::Container,
+            reason: "this instance cannot be frozen".into(),
+        })
+    }
 }
 
 /// Polls `http://<addr>/health` until it answers 204 or `timeout` passes.

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Running external tools with errors that say exactly what ran and what it printed.
 
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
 /// An external command that could not run or did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +77,6 @@ pub fn execute_streaming(
     mut on_line: impl FnMut(&str),
 ) -> Result<Output, CmdError> {
     use std::io::{BufRead, Read};
-    use std::process::Stdio;
 
     let spawn_err = |cmd: &Command, err| CmdError::Spawn {
         argv: render_argv(cmd),
@@ -139,6 +139,40 @@ pub fn execute_streaming(
     })
 }
 
+/// Runs `cmd` to completion with `input` on its stdin, capturing output; a non-zero exit
+/// is an error. Used for tools that read a script (`nft -f -`) so the script needs no
+/// temporary file and no argv length limit.
+pub fn execute_with_stdin(cmd: &mut Command, input: &[u8]) -> Result<Output, CmdError> {
+    let spawn_err = |cmd: &Command, err| CmdError::Spawn {
+        argv: render_argv(cmd),
+        err,
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| spawn_err(cmd, err))?;
+    let mut stdin = child.stdin.take().expect("stdin was configured as piped");
+    // A tool that exits early closes its stdin: that shows up as its exit status, not
+    // as a write error here.
+    let written = stdin.write_all(input);
+    drop(stdin);
+    let output = child
+        .wait_with_output()
+        .map_err(|err| spawn_err(cmd, err))?;
+    if !output.status.success() {
+        return Err(CmdError::Failed {
+            argv: render_argv(cmd),
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    written.map_err(|err| spawn_err(cmd, err))?;
+    Ok(output)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +205,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("broken"), "{err}");
+    }
+
+    #[test]
+    fn stdin_reaches_the_program() {
+        let out = execute_with_stdin(&mut Command::new("cat"), b"hello").unwrap();
+        assert_eq!(out.stdout, b"hello");
     }
 
     #[test]

@@ -31,6 +31,95 @@ pub enum Command {
         #[arg(long, env = "HEARTH_HOME", default_value = "/var/lib/hearth")]
         home: PathBuf,
     },
+    /// Work with sandboxes of a running server.
+    Sandbox(SandboxArgs),
+    /// Check that this host can run Hearth and say which runtime it would use.
+    Doctor {
+        /// Hearth's data directory.
+        #[arg(long, env = "HEARTH_HOME", default_value = "/var/lib/hearth")]
+        home: PathBuf,
+    },
+    /// Measure Hearth against its targets and baselines.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        which: BenchOp,
+    },
+}
+
+/// `hearth bench` benchmarks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchOp {
+    /// envd over loopback: command round trip, file I/O, idle memory.
+    Envd(crate::commands::bench::envd::EnvdBenchArgs),
+}
+
+/// `hearth sandbox` flags.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// The server's URL.
+    #[arg(
+        long,
+        env = "E2B_API_URL",
+        default_value = "http://127.0.0.1:3000",
+        global = true
+    )]
+    pub api_url: String,
+    /// API key (default: $HEARTH_HOME/api-key).
+    #[arg(long, env = "E2B_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+    /// Hearth's data directory (to find the API key).
+    #[arg(
+        long,
+        env = "HEARTH_HOME",
+        default_value = "/var/lib/hearth",
+        global = true
+    )]
+    pub home: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub op: SandboxOp,
+}
+
+/// `hearth sandbox` operations.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SandboxOp {
+    /// Create a sandbox and print its id.
+    Create {
+        /// Template id or name.
+        #[arg(long, short, default_value = "base")]
+        template: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// List sandboxes.
+    Ls,
+    /// Run a command in a sandbox and stream its output.
+    Exec {
+        /// Sandbox id.
+        id: String,
+        /// Run as this user.
+        #[arg(long, short)]
+        user: Option<String>,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Open an interactive shell in a sandbox.
+    Shell {
+        /// Sandbox id.
+        id: String,
+        /// Run as this user.
+        #[arg(long, short)]
+        user: Option<String>,
+    },
+    /// Kill sandboxes.
+    Kill {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 /// `hearth serve` flags.
