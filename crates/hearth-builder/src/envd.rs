@@ -73,14 +73,25 @@ pub enum EnvdError {
 /// executable, the workspace's static build output (for development:
 /// `target/x86_64-unknown-linux-gnu/envd/hearth-envd`, relative to the running
 /// executable's `target/` and to this crate's workspace), and
-/// `/usr/local/bin/hearth-envd`. The first one that exists must be static.
+/// `/usr/local/bin/hearth-envd`. The first static one wins; a dynamic one (a plain
+/// `cargo build` puts one next to `hearth`) is skipped, and reported if no static
+/// one exists. `$HEARTH_ENVD_BINARY`, when set, must be static.
 pub fn find_envd_binary() -> Result<PathBuf, EnvdError> {
     let candidates = candidates();
-    for path in &candidates {
+    let mut first_err = None;
+    for (i, path) in candidates.iter().enumerate() {
         if path.is_file() {
-            check_static(path)?;
-            return Ok(path.clone());
+            match check_static(path) {
+                Ok(()) => return Ok(path.clone()),
+                Err(e) if i == 0 && std::env::var_os(ENVD_BINARY_ENV).is_some() => return Err(e),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
         }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
     }
     Err(EnvdError::NotFound {
         searched: candidates

@@ -21,6 +21,9 @@ pub struct NodeConfig {
     pub metrics_history: usize,
     /// Leave running sandboxes alive when hearth exits (they are re-adopted on start).
     pub keep_sandboxes_on_exit: bool,
+    /// PEM certificates every sandbox trusts in addition to its image's (e.g. the
+    /// host's TLS-intercepting egress proxy), sent as `/init`'s `caBundle`.
+    pub ca_bundle: Option<String>,
 }
 
 impl NodeConfig {
@@ -34,6 +37,7 @@ impl NodeConfig {
             metrics_interval: Duration::from_secs(5),
             metrics_history: 720,
             keep_sandboxes_on_exit: false,
+            ca_bundle: None,
         }
     }
 

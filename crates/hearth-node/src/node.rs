@@ -411,6 +411,7 @@ impl Node {
             timestamp: OffsetDateTime::now_utc(),
             default_user: Some(self.inner.config.default_user.clone()),
             default_workdir: None,
+            ca_bundle: self.inner.config.ca_bundle.clone(),
         };
         self.inner
             .envd

@@ -56,10 +56,18 @@ impl ContainerRuntime {
         let first = UID_BASE_RANGE
             .checked_add(spec.slot.index)
             .and_then(|r| r.checked_mul(65536))
-            .ok_or_else(|| RuntimeError::create(&spec.id, format!("slot index {} has no uid range", spec.slot.index)))?;
+            .ok_or_else(|| {
+                RuntimeError::create(
+                    &spec.id,
+                    format!("slot index {} has no uid range", spec.slot.index),
+                )
+            })?;
         let id_range = IdRange::new(first).map_err(|e| RuntimeError::create(&spec.id, e))?;
         if spec.artifacts.layers.is_empty() {
-            return Err(RuntimeError::create(&spec.id, "the template has no root filesystem layers"));
+            return Err(RuntimeError::create(
+                &spec.id,
+                "the template has no root filesystem layers",
+            ));
         }
         Ok(ContainerSpec {
             id: spec.id.to_string(),
@@ -69,7 +77,12 @@ impl ContainerRuntime {
             netns: spec.slot.guest_netns.clone(),
             address: Some(IpAddr::V4(Ipv4Addr::new(169, 254, 0, 21))),
             hostname: spec.hostname.clone(),
-            nameservers: spec.slot.nameservers.iter().map(|a| IpAddr::V4(*a)).collect(),
+            nameservers: spec
+                .slot
+                .nameservers
+                .iter()
+                .map(|a| IpAddr::V4(*a))
+                .collect(),
             limits: Limits {
                 cpu_count: Some(spec.resources.cpu_count.max(1)),
                 memory_bytes: u64::from(spec.resources.memory_mb.max(64)) << 20,
@@ -182,8 +195,12 @@ impl Runtime for ContainerRuntime {
 
     fn remove_state_dir(&self, dir: &Path) -> Result<(), RuntimeError> {
         crate::remove_state_dir(dir).map_err(|e| RuntimeError::Operation {
-            id: SandboxId::parse(&dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
-                .unwrap_or_else(|_| SandboxId::generate()),
+            id: SandboxId::parse(
+                &dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_else(|_| SandboxId::generate()),
             op: "remove the state directory",
             err: Box::new(e),
         })

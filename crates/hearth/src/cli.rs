@@ -144,6 +144,23 @@ pub struct ServeArgs {
     /// An API key to register at start (also: HEARTH_API_KEY).
     #[arg(long, env = "HEARTH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Network slots kept ready ahead of creates.
+    #[arg(long, default_value_t = 16, env = "HEARTH_WARM_SLOTS")]
+    pub warm_slots: usize,
+    /// Size of the sandbox data volume (a sparse btrfs image enforcing per-sandbox
+    /// disk limits), in GiB; 0 = 80% of the free space, at most 256.
+    #[arg(long, default_value_t = 0, env = "HEARTH_DATA_GB")]
+    pub data_gb: u64,
+    /// Run without per-sandbox disk limits (no data volume).
+    #[arg(long)]
+    pub no_disk_limits: bool,
+    /// PEM file of certificates sandboxes should trust (default: the host's locally
+    /// added CAs in /usr/local/share/ca-certificates, e.g. an egress proxy's).
+    #[arg(long, env = "HEARTH_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Do not pass any extra CA certificates to sandboxes.
+    #[arg(long)]
+    pub no_host_cas: bool,
     /// Test-only: run sandboxes as unisolated host processes using this envd binary.
     /// Never use this with untrusted code.
     #[arg(long, hide = true)]
