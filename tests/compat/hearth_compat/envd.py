@@ -104,6 +104,7 @@ class EnvdInstance:
         self.pid_ns: str | None = None
         self.mnt_ns: str | None = None
         self.log_path: Path | None = None
+        self._ns_fds: list[int] = []
 
     @property
     def merged(self) -> Path:
@@ -162,6 +163,14 @@ class EnvdInstance:
             if self.envd_pid is not None and self._healthy():
                 self.pid_ns = os.readlink(f"/proc/{self.envd_pid}/ns/pid")
                 self.mnt_ns = os.readlink(f"/proc/{self.envd_pid}/ns/mnt")
+                # Namespace ids are inode numbers the kernel recycles as soon as a
+                # namespace is freed; holding the namespaces open until stop() has
+                # checked them keeps a parallel run's new namespace from taking the
+                # same id and being mistaken for a leak.
+                self._ns_fds = [
+                    os.open(f"/proc/{self.envd_pid}/ns/{kind}", os.O_RDONLY)
+                    for kind in ("pid", "mnt")
+                ]
                 return
             time.sleep(0.02)
         self.stop(check=False)
@@ -232,6 +241,11 @@ class EnvdInstance:
         else:
             described = [f"{pid} ({_describe(pid)})" for pid in sorted(set(left))]
             problems.append(f"processes still in envd's namespaces: {described}")
+        # With no process left, dropping the last references frees both namespaces
+        # and, with the mount namespace, the overlay mount.
+        for fd in self._ns_fds:
+            os.close(fd)
+        self._ns_fds = []
         if self.tmp is not None:
             mounts = _mounts_below(self.tmp)
             if mounts:
