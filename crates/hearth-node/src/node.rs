@@ -976,6 +976,17 @@ impl Node {
                 }
             }
         }
+        let live: Vec<SandboxId> = self
+            .inner
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        if let Err(e) = self.inner.runtime.reclaim(&live).await {
+            tracing::warn!(error = %ErrorChain(&e), "runtime reclaim failed");
+        }
         self.remove_orphan_dirs();
         Ok(())
     }

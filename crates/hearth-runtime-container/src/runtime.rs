@@ -193,6 +193,27 @@ impl Runtime for ContainerRuntime {
         }
     }
 
+    async fn reclaim(&self, live: &[SandboxId]) -> Result<(), RuntimeError> {
+        let live: Vec<String> = live.iter().map(|id| id.to_string()).collect();
+        let launcher = self.launcher.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            launcher.cleanup_orphans(|id| live.iter().any(|l| l == id))
+        })
+        .await
+        .map_err(|e| RuntimeError::Unavailable {
+            runtime: RuntimeKind::Container,
+            reason: e.to_string(),
+        })?
+        .map_err(|e| RuntimeError::Unavailable {
+            runtime: RuntimeKind::Container,
+            reason: e.to_string(),
+        })?;
+        if !removed.is_empty() {
+            tracing::info!(sandboxes = ?removed, "removed cgroups of sandboxes nobody knows");
+        }
+        Ok(())
+    }
+
     fn remove_state_dir(&self, dir: &Path) -> Result<(), RuntimeError> {
         crate::remove_state_dir(dir).map_err(|e| RuntimeError::Operation {
             id: SandboxId::parse(

@@ -285,6 +285,13 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
         paused: &PausedState,
     ) -> Result<Box<dyn Instance>, RuntimeError>;
 
+    /// Removes what sandboxes unknown to the node left behind (a crash between launch
+    /// and the store write): `live` are the sandboxes the node keeps.
+    async fn reclaim(&self, live: &[SandboxId]) -> Result<(), RuntimeError> {
+        let _ = live;
+        Ok(())
+    }
+
     /// Deletes a sandbox's state directory (a runtime may keep it on a special
     /// filesystem, e.g. a btrfs subvolume). A missing directory is not an error.
     fn remove_state_dir(&self, dir: &Path) -> Result<(), RuntimeError> {

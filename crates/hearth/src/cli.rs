@@ -133,6 +133,10 @@ pub struct ServeArgs {
     /// Hearth's data directory (store, templates, sandboxes).
     #[arg(long, env = "HEARTH_HOME", default_value = "/var/lib/hearth")]
     pub home: PathBuf,
+    /// Names this server's host objects (network namespaces, nftables table, cgroup
+    /// parent) so that several servers (or tests) can share a host.
+    #[arg(long, env = "HEARTH_INSTANCE", default_value = "hearth", value_parser = parse_instance)]
+    pub instance: String,
     /// Domain for host-routed sandbox URLs `<port>-<sandboxID>.<domain>`.
     #[arg(long, default_value = "localhost", env = "HEARTH_DOMAIN")]
     pub domain: String,
@@ -167,6 +171,18 @@ pub struct ServeArgs {
     /// Never use this with untrusted code.
     #[arg(long, hide = true)]
     pub unsafe_sim_runtime: Option<PathBuf>,
+}
+
+fn parse_instance(s: &str) -> Result<String, String> {
+    let ok = (1..=16).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("an instance name is 1-16 characters of [a-z0-9], starting with a letter".into())
+    }
 }
 
 /// `hearth apikey` operations.

@@ -58,10 +58,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 true
             };
             let launcher = hearth_runtime_container::Launcher::new(
-                &hearth_runtime_container::LauncherConfig::default(),
+                &hearth_runtime_container::LauncherConfig {
+                    cgroup_parent: args.instance.clone(),
+                    ..Default::default()
+                },
             )
             .context("failed to set up the container launcher")?;
             let pool_config = hearth_net::PoolConfig {
+                name: args.instance.clone(),
                 warm_containers: args.warm_slots,
                 max_slots: Some(hearth_runtime_container::MAX_SLOT_INDEX.min(60_000)),
                 ..Default::default()
