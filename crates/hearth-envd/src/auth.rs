@@ -10,11 +10,13 @@
 use crate::state::Envd;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
-use connectrpc::ConnectError;
+use axum::response::Response;
 use http::{HeaderValue, StatusCode, header};
 use std::sync::Arc;
+
+/// Upstream envd's text for a missing or wrong token.
+const UNAUTHORIZED: &str =
+    "unauthorized access, please provide a valid access token or method signing if supported";
 
 /// Request extension: the request is authorised only if its URL signature verifies.
 #[derive(Debug, Clone)]
@@ -45,7 +47,7 @@ pub async fn require_token(
     };
     match req.headers().get("x-access-token") {
         Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => next.run(req).await,
-        Some(_) => unauthenticated(&req, "invalid access token"),
+        Some(_) => unauthenticated(&req, UNAUTHORIZED),
         None => {
             let signed = req.uri().path() == "/files"
                 && req
@@ -56,54 +58,70 @@ pub async fn require_token(
                 req.extensions_mut().insert(SignatureRequired { token });
                 next.run(req).await
             } else {
-                unauthenticated(&req, "missing access token")
+                unauthenticated(&req, UNAUTHORIZED)
             }
         }
     }
 }
 
+/// Upstream answers a missing or wrong token with a plain 401 JSON body for every
+/// endpoint, RPCs included (the SDKs map an integer `code` to the HTTP status).
 fn unauthenticated(req: &Request, message: &str) -> Response {
     tracing::info!(path = %req.uri().path(), message, "request refused");
-    let content_type = req
+    crate::error::http_error(StatusCode::UNAUTHORIZED, message)
+}
+
+/// Connect procedures whose requests and responses are enveloped streams.
+const STREAMING_PROCEDURES: &[&str] = &[
+    "/process.Process/Start",
+    "/process.Process/Connect",
+    "/process.Process/StreamInput",
+    "/filesystem.Filesystem/WatchDir",
+];
+
+/// The axum middleware refusing a Connect call whose content type does not match the
+/// procedure's kind (a streaming procedure called as unary or the reverse) with 415,
+/// as the Connect protocol specifies.
+pub async fn check_content_type(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let is_rpc =
+        path.starts_with("/process.Process/") || path.starts_with("/filesystem.Filesystem/");
+    if !is_rpc || req.method() != http::Method::POST {
+        return next.run(req).await;
+    }
+    let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    connect_or_http_error(content_type, ConnectError::unauthenticated(message))
-}
-
-/// Renders `err` in the error shape of the request's protocol: a Connect end-of-stream
-/// frame for streaming content types, a Connect JSON error for unary RPC content types,
-/// and E2B's `{"code":<status>,"message":…}` for everything else.
-pub fn connect_or_http_error(content_type: &str, err: ConnectError) -> Response {
-    let ct = content_type.split(';').next().unwrap_or_default().trim();
-    if ct.starts_with("application/connect+") {
-        let mut frame = BytesMut::new();
-        let payload = serde_json::json!({
-            "error": { "code": err.code.as_str(), "message": err.message.clone().unwrap_or_default() }
-        })
-        .to_string();
-        frame.put_u8(0x02);
-        frame.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
-        frame.put_slice(payload.as_bytes());
-        let mut resp = (StatusCode::OK, Bytes::from(frame)).into_response();
-        if let Ok(v) = HeaderValue::from_str(ct) {
-            resp.headers_mut().insert(header::CONTENT_TYPE, v);
-        }
-        resp
-    } else if ct == "application/json" || ct == "application/proto" {
-        let mut resp = (err.http_status(), err.to_json()).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        resp
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let streaming = STREAMING_PROCEDURES.contains(&path);
+    let mismatch = if streaming {
+        ct == "application/json" || ct == "application/proto"
     } else {
-        crate::error::http_error(
-            err.http_status(),
-            err.message.as_deref().unwrap_or_default(),
-        )
+        ct.starts_with("application/connect+")
+    };
+    if !mismatch {
+        return next.run(req).await;
     }
+    let expected = if streaming {
+        "application/connect+json or application/connect+proto"
+    } else {
+        "application/json or application/proto"
+    };
+    tracing::info!(path, content_type = %ct, "wrong content type for the procedure");
+    let mut resp = crate::error::http_error(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        &format!("{path} expects {expected}, not {ct:?}"),
+    );
+    if let Ok(v) = HeaderValue::from_str(expected.replace(" or ", ", ").as_str()) {
+        resp.headers_mut().insert("accept-post", v);
+    }
+    resp
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use hearth_sys::process::{ChildExit, reap_any};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use tokio::sync::oneshot;
 
 /// Registered children waiting for their exit status.
@@ -34,12 +34,37 @@ impl Children {
         Ok((value, pid, rx))
     }
 
+    /// Runs `f` only if `pid` is a registered child that has not been reaped yet, and
+    /// returns its result. While the reaper cannot run, the pid cannot be reused, so a
+    /// signal sent from `f` reaches the intended process (or its zombie).
+    pub fn while_unreaped<R>(&self, pid: u32, f: impl FnOnce() -> R) -> Option<R> {
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.contains_key(&pid).then(f)
+    }
+
     /// Reaps every exited child and delivers the statuses; returns how many were reaped.
     pub fn reap(&self) -> usize {
+        self.reap_some(true).unwrap_or_default()
+    }
+
+    /// Like [`Children::reap`], but gives up (returning `None`) as soon as the table is
+    /// locked by a spawn in progress, so it can run on an async worker without blocking.
+    pub fn try_reap(&self) -> Option<usize> {
+        self.reap_some(false)
+    }
+
+    fn reap_some(&self, block: bool) -> Option<usize> {
         let mut n = 0;
         loop {
             // Lock before waiting so an exit cannot slip between spawn and registration.
-            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let mut waiting = match self.waiting.try_lock() {
+                Ok(w) => w,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) if !block => return None,
+                Err(TryLockError::WouldBlock) => {
+                    self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+                }
+            };
             match reap_any() {
                 Ok(Some((pid, exit))) => {
                     n += 1;
@@ -49,12 +74,12 @@ impl Children {
                         tracing::debug!(pid, ?exit, "reaped orphan");
                     }
                 }
-                Ok(None) => return n,
+                Ok(None) => return Some(n),
                 Err(err) => {
                     if err.raw_os_error() != Some(libc::ECHILD) {
                         tracing::warn!(error = %err, "waitpid failed");
                     }
-                    return n;
+                    return Some(n);
                 }
             }
         }
@@ -85,9 +110,12 @@ pub fn spawn(children: Arc<Children>) {
                     tick.tick().await;
                 }
             }
-            let children = children.clone();
-            // waitpid is non-blocking here, but the lock may be held across a fork.
-            let _ = tokio::task::spawn_blocking(move || children.reap()).await;
+            // waitpid is non-blocking, so reap right here unless a spawn holds the lock
+            // (across a fork and exec); only then wait for it on a blocking thread.
+            if children.try_reap().is_none() {
+                let children = children.clone();
+                let _ = tokio::task::spawn_blocking(move || children.reap()).await;
+            }
         }
     });
 }

@@ -26,6 +26,7 @@ pub fn router(state: Arc<Envd>) -> Router {
     let connect = connectrpc::ConnectRpcService::new(connect).with_limits(limits);
     crate::http::routes()
         .fallback_service(connect)
+        .layer(axum::middleware::from_fn(crate::auth::check_content_type))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::require_token,

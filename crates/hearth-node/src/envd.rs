@@ -29,6 +29,9 @@ pub struct InitBody {
     /// Default working directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_workdir: Option<String>,
+    /// Extra trusted certificates (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
 }
 
 /// A pooled HTTP/1.1 client for envd.

@@ -5,7 +5,7 @@
 //! the node testable and lets a cluster node bring its own networking.
 
 use async_trait::async_trait;
-use hearth_runtime::NetSlot;
+use hearth_runtime::{NetSlot, RuntimeKind};
 use serde::{Deserialize, Serialize};
 
 /// A sandbox's egress policy.
@@ -33,18 +33,23 @@ pub struct NetworkError {
 }
 
 /// Provides network slots.
+///
+/// A network is started with the slots of sandboxes that may have survived a restart
+/// (see [`crate::Node::adoptable_slots`]) already adopted and every other leftover
+/// removed; the node then releases the adopted slots whose sandboxes turn out dead.
 #[async_trait]
 pub trait Network: Send + Sync + std::fmt::Debug + 'static {
-    /// Takes a slot (from the pool when possible) and applies `policy`.
-    async fn acquire(&self, policy: &EgressPolicy) -> Result<NetSlot, NetworkError>;
+    /// Takes a slot laid out for `kind` (from the pool when possible) with `policy`.
+    async fn acquire(
+        &self,
+        kind: RuntimeKind,
+        policy: &EgressPolicy,
+    ) -> Result<NetSlot, NetworkError>;
     /// Replaces a slot's policy.
     async fn set_policy(&self, slot: &NetSlot, policy: &EgressPolicy) -> Result<(), NetworkError>;
-    /// Gives a slot back, clean.
+    /// Gives a slot back; it is cleaned before reuse. The sandbox's processes must be gone.
     async fn release(&self, slot: NetSlot) -> Result<(), NetworkError>;
-    /// Marks a slot as in use by a re-adopted sandbox.
-    async fn adopt(&self, slot: &NetSlot, policy: &EgressPolicy) -> Result<(), NetworkError>;
-    /// Removes leftovers of earlier runs except the adopted slots.
-    async fn reclaim_stale(&self) -> Result<(), NetworkError>;
-    /// Removes everything this network created.
-    async fn shutdown(&self) -> Result<(), NetworkError>;
+    /// Stops the network: removes everything it created, or, with `keep_in_use`, leaves
+    /// the slots in use (and their policies) for a restart to re-adopt.
+    async fn shutdown(&self, keep_in_use: bool) -> Result<(), NetworkError>;
 }

@@ -170,14 +170,19 @@ pub struct SimNetwork {
 
 #[async_trait]
 impl Network for SimNetwork {
-    async fn acquire(&self, _policy: &EgressPolicy) -> Result<NetSlot, NetworkError> {
+    async fn acquire(
+        &self,
+        kind: RuntimeKind,
+        _policy: &EgressPolicy,
+    ) -> Result<NetSlot, NetworkError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed);
         Ok(NetSlot {
             index,
+            kind,
             host_addr: Ipv4Addr::LOCALHOST,
-            guest_netns: PathBuf::new(),
+            guest_netns: None,
             router_netns: PathBuf::new(),
-            tap: String::new(),
+            tap: None,
             mac: String::new(),
             nameservers: vec![],
         })
@@ -192,13 +197,7 @@ impl Network for SimNetwork {
     async fn release(&self, _slot: NetSlot) -> Result<(), NetworkError> {
         Ok(())
     }
-    async fn adopt(&self, _slot: &NetSlot, _policy: &EgressPolicy) -> Result<(), NetworkError> {
-        Ok(())
-    }
-    async fn reclaim_stale(&self) -> Result<(), NetworkError> {
-        Ok(())
-    }
-    async fn shutdown(&self) -> Result<(), NetworkError> {
+    async fn shutdown(&self, _keep_in_use: bool) -> Result<(), NetworkError> {
         Ok(())
     }
 }

@@ -7,5 +7,19 @@
 //! [`cmd::execute`], whose error keeps argv, status and output.
 #![allow(unsafe_code)]
 
+pub mod btrfs;
+pub mod caps;
+pub mod cgroup;
+pub mod clone;
 pub mod cmd;
+pub mod fs;
+pub mod mount;
+pub mod netns;
+pub mod ns;
+pub mod pidfd;
 pub mod process;
+pub mod pty;
+pub mod seccomp;
+pub mod term;
+pub mod tun;
+mod util;

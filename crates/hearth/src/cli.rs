@@ -31,6 +31,99 @@ pub enum Command {
         #[arg(long, env = "HEARTH_HOME", default_value = "/var/lib/hearth")]
         home: PathBuf,
     },
+    /// Work with sandboxes of a running server.
+    Sandbox(SandboxArgs),
+    /// Check that this host can run Hearth and say which runtime it would use.
+    Doctor {
+        /// Hearth's data directory.
+        #[arg(long, env = "HEARTH_HOME", default_value = "/var/lib/hearth")]
+        home: PathBuf,
+    },
+    /// Measure Hearth against its targets and baselines.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        which: BenchOp,
+    },
+}
+
+/// `hearth bench` benchmarks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchOp {
+    /// envd over loopback: command round trip, file I/O, idle memory.
+    Envd(crate::commands::bench::envd::EnvdBenchArgs),
+    /// A real server: create latency and throughput, memory per sandbox, proxy.
+    Serve(crate::commands::bench::serve::ServeBenchArgs),
+    /// Pause/resume latency, snapshot sizes and fork latency.
+    Pause(crate::commands::bench::pause::PauseBenchArgs),
+}
+
+/// `hearth sandbox` flags.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// The server's URL.
+    #[arg(
+        long,
+        env = "E2B_API_URL",
+        default_value = "http://127.0.0.1:3000",
+        global = true
+    )]
+    pub api_url: String,
+    /// API key (default: $HEARTH_HOME/api-key).
+    #[arg(long, env = "E2B_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+    /// Hearth's data directory (to find the API key).
+    #[arg(
+        long,
+        env = "HEARTH_HOME",
+        default_value = "/var/lib/hearth",
+        global = true
+    )]
+    pub home: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub op: SandboxOp,
+}
+
+/// `hearth sandbox` operations.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SandboxOp {
+    /// Create a sandbox and print its id.
+    Create {
+        /// Template id or name.
+        #[arg(long, short, default_value = "base")]
+        template: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// List sandboxes.
+    Ls,
+    /// Run a command in a sandbox and stream its output.
+    Exec {
+        /// Sandbox id.
+        id: String,
+        /// Run as this user.
+        #[arg(long, short)]
+        user: Option<String>,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Open an interactive shell in a sandbox.
+    Shell {
+        /// Sandbox id.
+        id: String,
+        /// Run as this user.
+        #[arg(long, short)]
+        user: Option<String>,
+    },
+    /// Kill sandboxes.
+    Kill {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 /// `hearth serve` flags.
@@ -42,6 +135,10 @@ pub struct ServeArgs {
     /// Hearth's data directory (store, templates, sandboxes).
     #[arg(long, env = "HEARTH_HOME", default_value = "/var/lib/hearth")]
     pub home: PathBuf,
+    /// Names this server's host objects (network namespaces, nftables table, cgroup
+    /// parent) so that several servers (or tests) can share a host.
+    #[arg(long, env = "HEARTH_INSTANCE", default_value = "hearth", value_parser = parse_instance)]
+    pub instance: String,
     /// Domain for host-routed sandbox URLs `<port>-<sandboxID>.<domain>`.
     #[arg(long, default_value = "localhost", env = "HEARTH_DOMAIN")]
     pub domain: String,
@@ -55,10 +152,39 @@ pub struct ServeArgs {
     /// An API key to register at start (also: HEARTH_API_KEY).
     #[arg(long, env = "HEARTH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Network slots kept ready ahead of creates.
+    #[arg(long, default_value_t = 16, env = "HEARTH_WARM_SLOTS")]
+    pub warm_slots: usize,
+    /// Size of the sandbox data volume (a sparse btrfs image enforcing per-sandbox
+    /// disk limits), in GiB; 0 = 80% of the free space, at most 256.
+    #[arg(long, default_value_t = 0, env = "HEARTH_DATA_GB")]
+    pub data_gb: u64,
+    /// Run without per-sandbox disk limits (no data volume).
+    #[arg(long)]
+    pub no_disk_limits: bool,
+    /// PEM file of certificates sandboxes should trust (default: the host's locally
+    /// added CAs in /usr/local/share/ca-certificates, e.g. an egress proxy's).
+    #[arg(long, env = "HEARTH_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Do not pass any extra CA certificates to sandboxes.
+    #[arg(long)]
+    pub no_host_cas: bool,
     /// Test-only: run sandboxes as unisolated host processes using this envd binary.
     /// Never use this with untrusted code.
     #[arg(long, hide = true)]
     pub unsafe_sim_runtime: Option<PathBuf>,
+}
+
+fn parse_instance(s: &str) -> Result<String, String> {
+    let ok = (1..=16).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("an instance name is 1-16 characters of [a-z0-9], starting with a letter".into())
+    }
 }
 
 /// `hearth apikey` operations.

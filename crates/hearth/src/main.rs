@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod wiring;
 
 use clap::Parser;
 

@@ -70,24 +70,16 @@ fn validate_env(m: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Accepts an IPv4/IPv6 address or CIDR; domains are not enforced by Hearth's
-/// packet filter, so they are refused rather than silently ignored.
+/// Accepts an IPv4 address or CIDR. Sandboxes have no IPv6, and domains are not
+/// enforced by Hearth's packet filter: both are refused rather than silently ignored.
 fn validate_targets(list: &[String], field: &str) -> Result<(), ApiError> {
     for t in list {
         let (addr, prefix) = t.split_once('/').unwrap_or((t.as_str(), ""));
-        let ip: Result<std::net::IpAddr, _> = addr.parse();
-        let ok = match ip {
-            Ok(ip) => {
-                prefix.is_empty()
-                    || prefix
-                        .parse::<u8>()
-                        .is_ok_and(|p| p <= if ip.is_ipv4() { 32 } else { 128 })
-            }
-            Err(_) => false,
-        };
+        let ok = addr.parse::<std::net::Ipv4Addr>().is_ok()
+            && (prefix.is_empty() || prefix.parse::<u8>().is_ok_and(|p| p <= 32));
         if !ok {
             return Err(ApiError::InvalidRequest(format!(
-                "{field}: {t:?} is not an IP address or CIDR (domain rules are not supported)"
+                "{field}: {t:?} is not an IPv4 address or CIDR (domain and IPv6 rules are not supported)"
             )));
         }
     }

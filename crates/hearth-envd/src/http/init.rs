@@ -33,6 +33,55 @@ pub struct InitRequest {
     pub default_user: Option<String>,
     /// Default working directory.
     pub default_workdir: Option<String>,
+    /// PEM certificates to add to the system trust store.
+    pub ca_bundle: Option<String>,
+}
+
+/// Debian's (and most distributions') system bundle, read by OpenSSL, curl, git, apt.
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Adds the certificates of `pem` that `bundle` lacks to it, atomically.
+///
+/// Appending (rather than running `update-ca-certificates`) works in any image and
+/// keeps repeated `/init` calls (every resume sends one) idempotent.
+fn install_ca_bundle(bundle: &std::path::Path, pem: &str) -> Result<(), EnvdError> {
+    let current = match std::fs::read_to_string(bundle) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(EnvdError::io(format!("read {}", bundle.display()), e)),
+    };
+    let mut added = String::new();
+    for cert in pem.split_inclusive("-----END CERTIFICATE-----") {
+        let Some(start) = cert.find("-----BEGIN CERTIFICATE-----") else {
+            continue;
+        };
+        let cert = cert[start..].trim();
+        if !cert.ends_with("-----END CERTIFICATE-----") {
+            return Err(EnvdError::InvalidArgument(
+                "caBundle holds a truncated certificate".into(),
+            ));
+        }
+        if !current.contains(cert) && !added.contains(cert) {
+            added.push_str(cert);
+            added.push('\n');
+        }
+    }
+    if added.is_empty() {
+        return Ok(());
+    }
+    let mut text = current;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&added);
+    let tmp = bundle.with_extension("crt.hearth-tmp");
+    if let Some(dir) = bundle.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| EnvdError::io(format!("create {}", dir.display()), e))?;
+    }
+    std::fs::write(&tmp, text).map_err(|e| EnvdError::io(format!("write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, bundle)
+        .map_err(|e| EnvdError::io(format!("replace {}", bundle.display()), e))
 }
 
 /// Handles `POST /init`.
@@ -82,6 +131,9 @@ fn apply(state: &Envd, body: &[u8]) -> Result<(), EnvdError> {
             .unwrap_or_else(|p| p.into_inner())
             .workdir = Some(crate::users::clean(&PathBuf::from(dir)));
     }
+    if let Some(pem) = req.ca_bundle.as_deref().filter(|p| !p.trim().is_empty()) {
+        install_ca_bundle(std::path::Path::new(SYSTEM_BUNDLE), pem)?;
+    }
     if let Some(vars) = req.env_vars {
         let mut env = state.env_vars.write().unwrap_or_else(|p| p.into_inner());
         env.clear();
@@ -110,5 +162,33 @@ fn step_clock(host: OffsetDateTime) {
         Ok(()) => tracing::info!(lag_ms = lag.whole_milliseconds(), "stepped the clock"),
         // Containers share the host clock and may not set it; that clock is right anyway.
         Err(err) => tracing::debug!(error = %err, "cannot step the clock"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    const B: &str = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn ca_bundle_is_appended_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("ca.crt");
+        std::fs::write(&bundle, A).unwrap();
+        install_ca_bundle(&bundle, &format!("{A}{B}")).unwrap();
+        install_ca_bundle(&bundle, B).unwrap();
+        let text = std::fs::read_to_string(&bundle).unwrap();
+        assert_eq!(text.matches("AAAA").count(), 1);
+        assert_eq!(text.matches("BBBB").count(), 1);
+    }
+
+    #[test]
+    fn truncated_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("ca.crt");
+        assert!(install_ca_bundle(&bundle, "-----BEGIN CERTIFICATE-----\nAAAA").is_err());
+        assert!(!bundle.exists());
     }
 }

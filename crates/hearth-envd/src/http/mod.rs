@@ -2,9 +2,14 @@
 //! envd's plain HTTP endpoints (§2.5): `/health`, `/envs`, `/metrics`, `/init`,
 //! `/files` and `/files/compose`.
 
+pub mod compose;
+pub mod download;
 pub mod files;
 pub mod init;
 pub mod metrics;
+pub mod pipe;
+pub mod signature;
+pub mod upload;
 
 use crate::state::Envd;
 use axum::Router;

@@ -31,22 +31,62 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.home.join("hearth.db"))?;
     register_keys(&store, &args)?;
 
+    let mut config = NodeConfig::new(args.home.clone());
+    config.max_ordinal = hearth_runtime_container::MAX_ORDINAL;
+    config.keep_sandboxes_on_exit = args.keep_sandboxes;
+    config.ca_bundle = ca_bundle(&args)?;
+    let mut data_volume = None;
     let (runtime, network): (Arc<dyn Runtime>, Arc<dyn Network>) = match sim {
         Some(envd) => {
             tracing::warn!("UNSAFE sim runtime: sandboxes are unisolated host processes");
+            config.default_user = "root".to_owned();
+            register_sim_template(&store)?;
             (
                 Arc::new(hearth_runtime_sim::SimRuntime::new(envd)),
                 Arc::new(hearth_runtime_sim::SimNetwork::default()),
             )
         }
-        None => anyhow::bail!("the container runtime is not wired in yet"),
+        None => {
+            let progress = hearth_builder::ConsoleProgress::new();
+            let home = args.home.clone();
+            let store_ref = &store;
+            crate::wiring::templates::ensure_base(&home, store_ref, &progress)?;
+            let disk_limits = if args.no_disk_limits {
+                tracing::warn!("per-sandbox disk limits are off (--no-disk-limits)");
+                false
+            } else {
+                data_volume = Some(ensure_data_volume(&config, args.data_gb)?);
+                true
+            };
+            let launcher = hearth_runtime_container::Launcher::new(
+                &hearth_runtime_container::LauncherConfig {
+                    cgroup_parent: args.instance.clone(),
+                    ..Default::default()
+                },
+            )
+            .context("failed to set up the container launcher")?;
+            let pool_config = hearth_net::PoolConfig {
+                name: args.instance.clone(),
+                warm_containers: args.warm_slots,
+                max_slots: Some(60_000),
+                ..Default::default()
+            };
+            let adopt = Node::adoptable_slots(&store)?;
+            let (network, lost) = crate::wiring::net::SlotNetwork::start(pool_config, adopt)
+                .await
+                .context("failed to start the sandbox network")?;
+            if !lost.is_empty() {
+                tracing::warn!(slots = ?lost, "network slots of earlier sandboxes were lost");
+            }
+            (
+                Arc::new(hearth_runtime_container::ContainerRuntime::new(
+                    launcher,
+                    disk_limits,
+                )),
+                Arc::new(network),
+            )
+        }
     };
-    let mut config = NodeConfig::new(args.home.clone());
-    config.keep_sandboxes_on_exit = args.keep_sandboxes;
-    if args.unsafe_sim_runtime.is_some() {
-        config.default_user = "root".to_owned();
-        register_sim_template(&store)?;
-    }
     let node = Node::start(config, store, runtime, network).await?;
     let proxy = Proxy::new(node.clone(), args.domain.clone());
     let api = hearth_api::router(ApiState {
@@ -105,8 +145,70 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     node.shutdown().await;
+    if let Some(volume) = data_volume
+        && !args.keep_sandboxes
+        && let Err(e) = volume.unmount()
+    {
+        tracing::warn!(error = %hearth_types::ErrorChain(&e), "data volume stays mounted");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Mounts the btrfs data volume (sandbox state with per-sandbox disk limits, and
+/// snapshots as copy-on-write copies of it) at `$HEARTH_HOME/data`, from a sparse
+/// image under `$HEARTH_HOME`.
+fn ensure_data_volume(
+    config: &NodeConfig,
+    size_gb: u64,
+) -> anyhow::Result<hearth_runtime_container::DataVolume> {
+    let image = config.home.join("data.btrfs");
+    let size = if size_gb > 0 {
+        size_gb << 30
+    } else {
+        let st = nix::sys::statvfs::statvfs(&config.home)?;
+        let free = st.blocks_available() * st.fragment_size();
+        (free / 10 * 8).clamp(1 << 30, 256 << 30)
+    };
+    hearth_runtime_container::ensure_data_volume(&config.data_dir(), &image, size).context(
+        "failed to mount the sandbox data volume (use --no-disk-limits to run without disk limits)",
+    )
+}
+
+/// The extra CAs sandboxes trust: `--ca-bundle`, else the host's locally added ones.
+fn ca_bundle(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    if args.no_host_cas {
+        return Ok(None);
+    }
+    if let Some(path) = &args.ca_bundle {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        return Ok(Some(pem));
+    }
+    let dir = std::path::Path::new("/usr/local/share/ca-certificates");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let mut paths: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    paths.sort();
+    let mut pem = String::new();
+    for p in &paths {
+        if let Ok(text) = std::fs::read_to_string(p) {
+            pem.push_str(&text);
+            pem.push('\n');
+        }
+    }
+    if !pem.is_empty() {
+        tracing::info!(
+            count = paths.len(),
+            "sandboxes will trust the host's locally added CAs"
+        );
+    }
+    Ok((!pem.is_empty()).then_some(pem))
 }
 
 fn register_keys(store: &Store, args: &ServeArgs) -> anyhow::Result<()> {
