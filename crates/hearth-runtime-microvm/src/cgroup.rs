@@ -164,6 +164,13 @@ impl VmCgroup {
         Ok(())
     }
 
+    /// Removes the cgroups that are empty now, without waiting (best effort).
+    pub fn remove_now(&self) {
+        for (_, dir) in &self.dirs {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
     /// Whether any of the cgroups still exists.
     pub fn exists(&self) -> bool {
         self.dirs.iter().any(|(_, d)| d.exists())

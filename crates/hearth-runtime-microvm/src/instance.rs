@@ -9,12 +9,13 @@
 //! 2. quit QEMU (it flushes and closes the disk);
 //! 3. fsync the overlay and move it into the pause directory;
 //! 4. write `paused.json` (atomically) — from here on the pause is complete;
-//! 5. remove the marker, cgroups and sockets.
+//! 5. remove cgroups and sockets. The marker stays until resume or kill.
 //!
 //! A failure before step 2 resumes the VM (it keeps running). After a crash, adopt
-//! sees either a stopped QEMU without a complete pause (it deletes the partial state
-//! and resumes the VM) or no QEMU; then cleanup finishes a pause whose state is
-//! complete (steps 3–5) instead of deleting its disk.
+//! finds QEMU either still running or stopped short of a saved state (it deletes the
+//! partial state and keeps the VM running), or stopped with its state saved (it ends
+//! QEMU and reports the sandbox gone); `recovered_pause` then completes steps 3–5
+//! from the marker, so the node records the pause instead of discarding the sandbox.
 
 use crate::cgroup::VmCgroup;
 use crate::fsutil;
@@ -26,7 +27,8 @@ use crate::state::{self, InstanceState, PauseIntent, PauseRecord, SavedKind, VmM
 use crate::vm::{self, VmProcess};
 use async_trait::async_trait;
 use hearth_runtime::{
-    Instance, PauseMode, PausedState, Resources, RuntimeError, SandboxSpec, Stats,
+    Artifacts, Instance, PauseMode, PausedState, Resources, RuntimeError, SandboxSpec, Snapshot,
+    Stats,
 };
 use hearth_types::SandboxId;
 use serde_json::json;
@@ -41,6 +43,8 @@ use tokio::sync::Mutex;
 
 /// Printed by the guest kernel when an emergency sync finished.
 const SYNC_DONE: &str = "Emergency Sync complete";
+/// Printed by the guest kernel when an emergency read-only remount finished.
+const REMOUNT_DONE: &str = "Emergency Remount complete";
 
 /// A running microVM.
 #[derive(Debug)]
@@ -144,15 +148,93 @@ impl MicroVmInstance {
         cg.map_err(MicroVmError::Cgroup)
     }
 
-    /// Asks the guest kernel to write all dirty data (SysRq `s` over the serial
-    /// console) and waits for it to report completion.
-    async fn guest_sync(&self) -> Result<(), MicroVmError> {
-        use tokio::io::AsyncWriteExt;
-        let log = self.console_log();
-        let before = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    /// Asks the guest kernel to write all dirty data to its disk (SysRq `s` over the
+    /// serial console) and waits until it is there.
+    ///
+    /// An emergency sync only *starts* the ext4 journal commit. Before a pause
+    /// (`final_sync`) the guest is about to disappear, so SysRq `u` then remounts its
+    /// filesystems read-only, which flushes the journal and waits. Before a snapshot
+    /// the guest runs on; there we wait for the disk to go quiet instead.
+    ///
+    /// The completion reports are ordinary kernel messages, hidden under `quiet`; so
+    /// the console log level is raised first (SysRq `5`) and restored afterwards
+    /// (SysRq `4`). Each key waits for the previous one's answer: a break overtakes
+    /// queued characters.
+    async fn guest_sync(&self, final_sync: bool) -> Result<(), MicroVmError> {
         let mut sock = tokio::net::UnixStream::connect(&self.state.console_sock)
             .await
             .map_err(io_err("connect to", &self.state.console_sock))?;
+        let result = async {
+            self.sysrq(&mut sock, b'5', Some("Loglevel set to 5"))
+                .await?;
+            self.sysrq(&mut sock, b's', Some(SYNC_DONE)).await?;
+            if final_sync {
+                self.sysrq(&mut sock, b'u', Some(REMOUNT_DONE)).await
+            } else {
+                self.wait_disk_quiet().await
+            }
+        }
+        .await;
+        if !final_sync {
+            let _ = self.sysrq(&mut sock, b'4', None).await;
+        }
+        result
+    }
+
+    /// Waits until the root disk saw no request for a while (3 s at most).
+    async fn wait_disk_quiet(&self) -> Result<(), MicroVmError> {
+        let counters = |v: &serde_json::Value| -> Vec<u64> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|dev| dev.get("stats"))
+                .flat_map(|s| {
+                    ["wr_operations", "flush_operations", "rd_operations"]
+                        .map(|k| s.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0))
+                })
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut last = Vec::new();
+        let mut quiet_since = tokio::time::Instant::now();
+        while tokio::time::Instant::now() < deadline {
+            let now = {
+                let mut guard = self.qmp.lock().await;
+                let q = guard.as_mut().ok_or(MicroVmError::Qmp {
+                    step: "query the disk",
+                    err: QmpError::Closed,
+                })?;
+                let v =
+                    q.execute("query-blockstats", None)
+                        .await
+                        .map_err(|err| MicroVmError::Qmp {
+                            step: "query the disk",
+                            err,
+                        })?;
+                counters(&v)
+            };
+            if now != last {
+                last = now;
+                quiet_since = tokio::time::Instant::now();
+            } else if quiet_since.elapsed() >= Duration::from_millis(150) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Sends SysRq `key` through the console socket and waits (20 s at most) for
+    /// `answer` to appear in the console log.
+    async fn sysrq(
+        &self,
+        sock: &mut tokio::net::UnixStream,
+        key: u8,
+        answer: Option<&str>,
+    ) -> Result<(), MicroVmError> {
+        use tokio::io::AsyncWriteExt;
+        let log = self.console_log();
+        let before = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         {
             let mut guard = self.qmp.lock().await;
             let q = guard.as_mut().ok_or(MicroVmError::Qmp {
@@ -166,9 +248,12 @@ impl MicroVmInstance {
                     err,
                 })?;
         }
-        sock.write_all(b"s")
+        sock.write_all(&[key])
             .await
             .map_err(io_err("write to", &self.state.console_sock))?;
+        let Some(answer) = answer else {
+            return Ok(());
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let mut sink = [0u8; 4096];
         loop {
@@ -178,16 +263,16 @@ impl MicroVmInstance {
                     break;
                 }
             }
-            if console_since(&log, before).contains(SYNC_DONE) {
+            if console_since(&log, before).contains(answer) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(MicroVmError::BadState {
                     dir: self.state_dir.clone(),
-                    reason: "the guest did not confirm the filesystem sync".into(),
+                    reason: format!("the guest did not answer SysRq {:?}", char::from(key)),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -210,6 +295,82 @@ impl MicroVmInstance {
         }
         file.sync_all().map_err(io_err("sync", out))?;
         Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
+    }
+
+    /// Copies the VM (memory + devices if `memory`) and its disk into `dir` while the
+    /// vCPUs are stopped, then lets it run on. `dir` must not exist; it appears only
+    /// complete (built under a temporary name, then renamed).
+    async fn snapshot_inner(&self, memory: bool, dir: &Path) -> Result<Snapshot, MicroVmError> {
+        if dir.exists() {
+            return Err(MicroVmError::BadState {
+                dir: dir.to_owned(),
+                reason: "the snapshot directory already exists".into(),
+            });
+        }
+        let tmp = fsutil::temp_sibling(dir);
+        fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+        if !memory && let Err(err) = self.guest_sync(false).await {
+            tracing::warn!(sandbox_id = %self.id, error = %hearth_types::ErrorChain(&err), "guest filesystem sync failed");
+        }
+        self.qmp_step("stop the vCPUs", "stop").await?;
+        let copied = async {
+            let saved = if memory {
+                Some(self.save_full_state(&tmp.join(state::FULL_STATE)).await?)
+            } else {
+                None
+            };
+            // QEMU flushed the overlay when it stopped the VM: the copy is consistent.
+            let disk = tmp.join(state::DISK);
+            fs::copy(&self.state.disk, &disk).map_err(io_err("copy", &self.state.disk))?;
+            fs::File::open(&disk)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("sync", &disk))?;
+            Ok::<_, MicroVmError>(saved)
+        }
+        .await;
+        let resumed = self.qmp_step("resume the vCPUs", "cont").await;
+        let saved = match copied.and_then(|s| resumed.map(|()| s)) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = fsutil::remove_dir_if_exists(&tmp);
+                return Err(e);
+            }
+        };
+        if let Some(bytes) = saved {
+            let m = &self.state.machine;
+            VmManifest {
+                format: state::FORMAT,
+                kind: SavedKind::Full,
+                state_file: state::FULL_STATE.into(),
+                memory_file: None,
+                memory_mb: m.memory_mb,
+                vcpus: m.vcpus,
+                accel: m.accel,
+                legacy_timers: m.legacy_timers,
+                fingerprint: m.fingerprint.clone(),
+                qemu_version: m.qemu_version.clone(),
+                guest: m.guest.clone(),
+                state_bytes: bytes,
+            }
+            .write(&tmp)
+            .map_err(io_err("write", &tmp))?;
+        }
+        fs::rename(&tmp, dir).map_err(io_err("install", dir))?;
+        if let Some(parent) = dir.parent() {
+            fsutil::sync_dir(parent).map_err(io_err("sync", parent))?;
+        }
+        Ok(Snapshot {
+            mode: if memory {
+                PauseMode::Full
+            } else {
+                PauseMode::Filesystem
+            },
+            artifacts: Artifacts {
+                layers: Vec::new(),
+                disk_image: Some(dir.join(state::DISK)),
+                vm_state: memory.then(|| dir.to_owned()),
+            },
+        })
     }
 
     async fn pause_inner(&self, memory: bool, dir: &Path) -> Result<PausedState, MicroVmError> {
@@ -245,7 +406,7 @@ impl MicroVmInstance {
             // Without the guest's dirty pages the disk is not what the guest believes
             // it wrote; a sync failure is logged, not fatal (the data the guest had
             // flushed itself is still safe).
-            if let Err(err) = self.guest_sync().await {
+            if let Err(err) = self.guest_sync(true).await {
                 tracing::warn!(sandbox_id = %self.id, error = %hearth_types::ErrorChain(&err), "guest filesystem sync failed");
             }
             self.qmp_step("stop the vCPUs", "stop").await?;
@@ -309,8 +470,8 @@ fn finish_pause(
         &serde_json::to_vec_pretty(&record).expect("record serialises"),
     )
     .map_err(io_err("write", &path))?;
-    let intent_path = state_dir.join(state::PAUSE_INTENT);
-    fsutil::remove_file_if_exists(&intent_path).map_err(io_err("remove", &intent_path))?;
+    // The marker stays until the node resumes or kills the sandbox: it is how
+    // `recovered_pause` finds this pause if the node never learnt of it.
     Ok(record)
 }
 
@@ -440,6 +601,15 @@ impl Instance for MicroVmInstance {
         })
     }
 
+    async fn snapshot(&mut self, memory: bool, dir: &Path) -> Result<Snapshot, RuntimeError> {
+        if self.gone {
+            return Err(RuntimeError::op(&self.id, "snapshot", "the VM is gone"));
+        }
+        self.snapshot_inner(memory, dir)
+            .await
+            .map_err(|e| RuntimeError::op(&self.id, "snapshot", e))
+    }
+
     async fn pause(&mut self, memory: bool, dir: &Path) -> Result<PausedState, RuntimeError> {
         if self.gone {
             return Err(RuntimeError::op(&self.id, "pause", "the VM is gone"));
@@ -467,18 +637,21 @@ impl Instance for MicroVmInstance {
     }
 }
 
+/// Whether `pid` is the QEMU of VM `name` (its `-name` argument).
+pub(crate) fn is_our_qemu(pid: u32, name: &str) -> bool {
+    let args = vm::proc_cmdline(pid);
+    args.windows(2)
+        .any(|w| w[0] == "-name" && w[1].split(',').next() == Some(name))
+}
+
 /// Finds the VM of a previous hearth process again.
 pub(crate) async fn adopt(
     inner: &Arc<Inner>,
     spec: &SandboxSpec,
     st: InstanceState,
 ) -> Result<Option<MicroVmInstance>, MicroVmError> {
-    let name = format!("hearth-{}", spec.id.as_str());
-    if !vm::is_alive(st.pid, st.start_time)
-        || !vm::proc_cmdline(st.pid)
-            .iter()
-            .any(|a| a.split(',').next() == Some(name.as_str()))
-    {
+    let name = inner.process_name(spec.id.as_str());
+    if !vm::is_alive(st.pid, st.start_time) || !is_our_qemu(st.pid, &name) {
         return Ok(None);
     }
     let mut process = VmProcess::adopted(st.pid, st.start_time);
@@ -496,26 +669,29 @@ pub(crate) async fn adopt(
         step: "query the VM",
         err,
     })?;
+    let running = status == "running";
     if let Some(intent) = read_intent(&spec.state_dir) {
-        if read_pause_record(&intent.dir).is_some()
-            || (intent.memory
-                && intent.dir.join(state::FULL_STATE).is_file()
-                && status != "running")
-        {
-            // The pause got far enough to be the truth: finish it, report the VM gone.
+        let saved = intent.dir.join(state::FULL_STATE).is_file();
+        let far_enough =
+            read_pause_record(&intent.dir).is_some() || (!running && (saved || !intent.memory));
+        if far_enough {
+            // The pause reached the point where its files are the truth: end QEMU
+            // (it flushes the disk) and let `recovered_pause` finish it.
             let _ = tokio::time::timeout(Duration::from_secs(2), qmp.quit()).await;
             if !process.wait_exit(Duration::from_secs(5)).await {
                 process.kill_and_wait().await.map_err(MicroVmError::Vm)?;
             }
-            cleanup(inner, spec, Some(st)).await?;
             return Ok(None);
         }
-        // Not far enough: forget it and keep running.
-        let _ = fs::remove_file(intent.dir.join(state::FULL_STATE));
-        fsutil::remove_file_if_exists(&spec.state_dir.join(state::PAUSE_INTENT))
-            .map_err(io_err("remove", &spec.state_dir))?;
+        // Not far enough: forget the pause and keep running.
+        if intent.memory {
+            fsutil::remove_file_if_exists(&intent.dir.join(state::FULL_STATE))
+                .map_err(io_err("remove", &intent.dir))?;
+        }
+        let p = spec.state_dir.join(state::PAUSE_INTENT);
+        fsutil::remove_file_if_exists(&p).map_err(io_err("remove", &p))?;
     }
-    if status != "running" {
+    if !running {
         qmp.execute("cont", None)
             .await
             .map_err(|err| MicroVmError::Qmp {
@@ -540,60 +716,135 @@ pub(crate) async fn adopt(
     )))
 }
 
-/// Removes what a dead VM left; finishes an interrupted pause whose state is complete.
+/// A pause that completed on disk, or that got far enough to complete now (QEMU is
+/// gone): see the module docs. Blocking but quick (renames and small writes).
+pub(crate) fn recovered_pause(inner: &Inner, spec: &SandboxSpec) -> Option<PausedState> {
+    let intent = read_intent(&spec.state_dir)?;
+    if let Some(r) = read_pause_record(&intent.dir) {
+        return Some(paused_state(&r));
+    }
+    let disk = spec.state_dir.join(state::DISK);
+    let full = intent.dir.join(state::FULL_STATE);
+    let saved = if intent.memory {
+        Some(fs::metadata(&full).ok()?.len())
+    } else {
+        None
+    };
+    if !disk.is_file() {
+        return None;
+    }
+    match finish_pause(&intent, &disk, &spec.state_dir, saved) {
+        Ok(r) => {
+            inner.cgroup(spec.id.as_str()).remove_now();
+            for p in [
+                launch::qmp_path(&spec.state_dir),
+                launch::console_sock_path(&spec.state_dir),
+            ] {
+                let _ = fsutil::remove_file_if_exists(&p);
+            }
+            tracing::info!(sandbox_id = %spec.id, dir = %intent.dir.display(), "finished a pause interrupted by a restart");
+            Some(paused_state(&r))
+        }
+        Err(err) => {
+            tracing::error!(sandbox_id = %spec.id, error = %hearth_types::ErrorChain(&err), "cannot finish an interrupted pause");
+            None
+        }
+    }
+}
+
+/// Removes what a dead VM left: process, cgroups, sockets, overlay, pause marker.
 pub(crate) async fn cleanup(
     inner: &Arc<Inner>,
     spec: &SandboxSpec,
     st: Option<InstanceState>,
 ) -> Result<(), MicroVmError> {
-    let name = format!("hearth-{}", spec.id.as_str());
+    let name = inner.process_name(spec.id.as_str());
     if let Some(st) = &st
         && vm::is_alive(st.pid, st.start_time)
-        && vm::proc_cmdline(st.pid)
-            .iter()
-            .any(|a| a.split(',').next() == Some(name.as_str()))
+        && is_our_qemu(st.pid, &name)
     {
         VmProcess::adopted(st.pid, st.start_time)
             .kill_and_wait()
             .await
             .map_err(MicroVmError::Vm)?;
     }
-    let disk = st
-        .as_ref()
-        .map_or_else(|| spec.state_dir.join(state::DISK), |s| s.disk.clone());
-    if let Some(intent) = read_intent(&spec.state_dir) {
-        let full = intent.dir.join(state::FULL_STATE);
-        let has_state = full.is_file();
-        if read_pause_record(&intent.dir).is_none()
-            && (has_state || !intent.memory)
-            && disk.is_file()
-        {
-            let saved = if intent.memory {
-                Some(fs::metadata(&full).map(|m| m.len()).unwrap_or(0))
-            } else {
-                None
-            };
-            finish_pause(&intent, &disk, &spec.state_dir, saved)?;
-            tracing::info!(sandbox_id = %spec.id, dir = %intent.dir.display(), "finished a pause interrupted by a restart");
-        } else {
-            fsutil::remove_file_if_exists(&spec.state_dir.join(state::PAUSE_INTENT))
-                .map_err(io_err("remove", &spec.state_dir))?;
-        }
-    }
     inner
         .cgroup(spec.id.as_str())
         .remove(Duration::from_secs(3))
         .await
         .map_err(MicroVmError::Cgroup)?;
-    for p in [
+    let mut files = vec![
         launch::qmp_path(&spec.state_dir),
         launch::console_sock_path(&spec.state_dir),
-    ] {
+        spec.state_dir.join(state::PAUSE_INTENT),
+        spec.state_dir.join(state::DISK),
+    ];
+    // Only the running VM's overlay: a paused one lives in its pause directory.
+    if let Some(st) = &st
+        && st.disk.starts_with(&spec.state_dir)
+    {
+        files.push(st.disk.clone());
+    }
+    for p in files {
         fsutil::remove_file_if_exists(&p).map_err(io_err("remove", &p))?;
     }
-    // Only the running VM's overlay; a paused one lives in its pause directory.
-    if disk.starts_with(&spec.state_dir) {
-        fsutil::remove_file_if_exists(&disk).map_err(io_err("remove", &disk))?;
+    Ok(())
+}
+
+/// Kills QEMU processes and removes empty cgroups of this instance that belong to no
+/// sandbox in `live`.
+pub(crate) async fn reclaim(inner: &Arc<Inner>, live: &[SandboxId]) -> Result<(), MicroVmError> {
+    let prefix = format!("{}-", inner.config.instance);
+    let is_live = |name: &str| live.iter().any(|id| id.as_str() == name);
+    let procs = fs::read_dir("/proc").map_err(io_err("list", Path::new("/proc")))?;
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let args = vm::proc_cmdline(pid);
+        let Some(name) = args
+            .windows(2)
+            .find(|w| w[0] == "-name")
+            .and_then(|w| w[1].split(',').next())
+        else {
+            continue;
+        };
+        let Some(id) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        // Sandbox ids have no '-': template builds (`template-…`) are not ours to end.
+        let is_qemu = args
+            .first()
+            .is_some_and(|a| a.contains("qemu-system") || a.ends_with("nsenter"));
+        if is_qemu && !id.contains('-') && !is_live(id) {
+            tracing::warn!(pid, sandbox_id = id, "killing QEMU of an unknown sandbox");
+            let start = vm::proc_start_time(pid).unwrap_or(0);
+            VmProcess::adopted(pid, start)
+                .kill_and_wait()
+                .await
+                .map_err(MicroVmError::Vm)?;
+        }
+    }
+    for ctrl in crate::cgroup::CONTROLLERS {
+        let parent = inner
+            .config
+            .cgroup_root
+            .join(ctrl)
+            .join(&inner.config.instance);
+        let Ok(dir) = fs::read_dir(&parent) else {
+            continue;
+        };
+        for d in dir.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            if d.path().is_dir() && !is_live(&name) && !name.contains('-') {
+                // Only empty cgroups go; a busy one belongs to something still running.
+                let _ = fs::remove_dir(d.path());
+            }
+        }
     }
     Ok(())
 }
@@ -606,6 +857,9 @@ pub(crate) async fn resume(
     record: PauseRecord,
 ) -> Result<MicroVmInstance, MicroVmError> {
     fs::create_dir_all(&spec.state_dir).map_err(io_err("create", &spec.state_dir))?;
+    // The pause is recorded by the node now; its marker has done its job.
+    let intent = spec.state_dir.join(state::PAUSE_INTENT);
+    fsutil::remove_file_if_exists(&intent).map_err(io_err("remove", &intent))?;
     let paused_disk = record.disk();
     let disk = spec.state_dir.join(state::DISK);
     // An earlier resume may have been interrupted after moving the disk.

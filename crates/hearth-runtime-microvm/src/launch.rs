@@ -113,8 +113,8 @@ pub(crate) struct LaunchSpec<'a> {
     pub tap: &'a str,
     /// Guest MAC.
     pub mac: &'a str,
-    /// Slot index (selects QEMU's uid).
-    pub slot_index: u32,
+    /// The sandbox's ordinal (selects QEMU's uid; stable across pauses).
+    pub ordinal: u32,
     /// The machine.
     pub machine: MachineInfo,
     /// How it starts.
@@ -169,7 +169,12 @@ pub(crate) fn console_log_path(state_dir: &Path) -> PathBuf {
 
 impl Inner {
     pub(crate) fn cgroup(&self, name: &str) -> VmCgroup {
-        VmCgroup::new(&self.config.cgroup_root, &self.config.cgroup_parent, name)
+        VmCgroup::new(&self.config.cgroup_root, &self.config.instance, name)
+    }
+
+    /// QEMU's `-name` for VM `name`.
+    pub(crate) fn process_name(&self, name: &str) -> String {
+        format!("{}-{name}", self.config.instance)
     }
 
     pub(crate) fn vm_spec(&self, l: &LaunchSpec<'_>) -> VmSpec {
@@ -187,7 +192,7 @@ impl Inner {
         }
         .render();
         VmSpec {
-            name: format!("hearth-{}", l.name),
+            name: self.process_name(l.name),
             qemu: self.config.qemu.clone(),
             accel: m.accel,
             tb_size_mb: self.config.tb_size_mb,
@@ -206,8 +211,8 @@ impl Inner {
             console_sock: console_sock_path(l.state_dir),
             console: console_log_path(l.state_dir),
             jail: self.config.jail.then(|| Jail {
-                uid: self.config.uid_base.saturating_add(l.slot_index),
-                gid: self.config.uid_base.saturating_add(l.slot_index),
+                uid: self.config.uid_base.saturating_add(l.ordinal),
+                gid: self.config.uid_base.saturating_add(l.ordinal),
                 chroot: self.root.join("empty"),
             }),
             incoming,

@@ -19,6 +19,7 @@ use hearth_runtime::{
     ENVD_PORT, Instance, MemoryPause, PauseMode, PausedState, Runtime, RuntimeError, RuntimeKind,
     SandboxSpec,
 };
+use hearth_types::SandboxId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -43,8 +44,10 @@ pub struct MicroVmConfig {
     pub jail: bool,
     /// Where the cgroup v1 controllers are mounted.
     pub cgroup_root: PathBuf,
-    /// Parent cgroup of every VM's cgroup.
-    pub cgroup_parent: String,
+    /// This hearth's instance name: parent cgroup of every VM's cgroup and prefix of
+    /// every QEMU process name (`<instance>-<sandbox id>`), so instances sharing a
+    /// host never touch each other's VMs.
+    pub instance: String,
     /// TCG translation cache, MiB (counted in the memory limit).
     pub tb_size_mb: u32,
     /// How long a cold boot may take until envd answers.
@@ -66,7 +69,7 @@ impl MicroVmConfig {
             uid_base: 0xF000_0000,
             jail: true,
             cgroup_root: "/sys/fs/cgroup".into(),
-            cgroup_parent: "hearth".into(),
+            instance: "hearth".into(),
             tb_size_mb: 128,
             boot_timeout: Duration::from_secs(120),
             restore_timeout: Duration::from_secs(30),
@@ -132,6 +135,12 @@ pub enum MicroVmError {
     /// QEMU could not be stopped.
     #[error("failed to stop QEMU")]
     Vm(#[source] VmError),
+    /// The network slot has no tap (it was made for containers).
+    #[error("network slot {index} has no tap: it is not a microVM slot")]
+    BadSlot {
+        /// The slot.
+        index: u32,
+    },
     /// A blocking helper task died.
     #[error("a blocking task failed")]
     Task(#[source] tokio::task::JoinError),
@@ -219,13 +228,6 @@ impl MicroVm {
             }
         }
         Ok(())
-    }
-
-    /// The state of a pause that completed into `dir`, if there is one. After a crash
-    /// during a pause the node checks this: [`Runtime::adopt`] returns `None` and
-    /// [`Runtime::cleanup`] finishes such a pause instead of deleting its disk.
-    pub fn completed_pause(dir: &Path) -> Option<PausedState> {
-        instance::read_pause_record(dir).map(|r| instance::paused_state(&r))
     }
 }
 
@@ -430,15 +432,18 @@ impl Inner {
             }
         };
         let envd = SocketAddr::from((spec.slot.host_addr, ENVD_PORT));
+        let tap = spec.slot.tap.as_deref().ok_or(MicroVmError::BadSlot {
+            index: spec.slot.index,
+        })?;
         let launched = self
             .launch(LaunchSpec {
                 name: spec.id.as_str(),
                 state_dir: &spec.state_dir,
                 disk,
                 netns: Some(spec.slot.router_netns.clone()),
-                tap: &spec.slot.tap,
+                tap,
                 mac: &spec.slot.mac,
-                slot_index: spec.slot.index,
+                ordinal: spec.ordinal,
                 machine,
                 start,
                 hostname: &spec.hostname,
@@ -550,5 +555,18 @@ impl Runtime for MicroVm {
             .await
             .map(|i| Box::new(i) as Box<dyn Instance>)
             .map_err(|e| RuntimeError::op(&spec.id, "resume", e))
+    }
+
+    fn recovered_pause(&self, spec: &SandboxSpec) -> Option<PausedState> {
+        instance::recovered_pause(&self.inner, spec)
+    }
+
+    async fn reclaim(&self, live: &[SandboxId]) -> Result<(), RuntimeError> {
+        instance::reclaim(&self.inner, live)
+            .await
+            .map_err(|e| RuntimeError::Unavailable {
+                runtime: RuntimeKind::Microvm,
+                reason: hearth_types::ErrorChain(&e).to_string(),
+            })
     }
 }

@@ -92,7 +92,9 @@ impl MicroVm {
         fs::create_dir_all(&vm_dir).map_err(io_err("create", &vm_dir))?;
         let result = self.build(req, &tmp, &guest, accel, &version).await;
         if let Err(e) = result {
-            if let Err(err) = fsutil::remove_dir_if_exists(&tmp) {
+            if std::env::var_os("HEARTH_MICROVM_KEEP_FAILED").is_none()
+                && let Err(err) = fsutil::remove_dir_if_exists(&tmp)
+            {
                 tracing::warn!(dir = %tmp.display(), error = %err, "cannot remove failed template build");
             }
             return Err(e);
@@ -158,13 +160,14 @@ impl MicroVm {
             machine.vcpus
         ));
         let private;
-        let (netns_path, tap, mac, envd, slot_index) = match req.slot {
+        let (netns_path, tap, mac, envd) = match req.slot {
             Some(s) => (
                 s.router_netns.clone(),
-                s.tap.clone(),
+                s.tap
+                    .clone()
+                    .ok_or_else(|| MicroVmError::BadSlot { index: s.index })?,
                 s.mac.clone(),
                 EnvdTarget::Host(SocketAddr::from((s.host_addr, ENVD_PORT))),
-                s.index,
             ),
             None => {
                 private = PrivateNet::create().map_err(MicroVmError::Netns)?;
@@ -173,7 +176,6 @@ impl MicroVm {
                     netns::TAP.to_owned(),
                     netns::GUEST_MAC.to_owned(),
                     EnvdTarget::InNetns(private.path()),
-                    0,
                 )
             }
         };
@@ -190,7 +192,7 @@ impl MicroVm {
                 netns: Some(netns_path),
                 tap: &tap,
                 mac: &mac,
-                slot_index,
+                ordinal: 0,
                 machine: machine.clone(),
                 start: Start::Boot {
                     memory: Memory::SharedFile(mem_file.clone()),

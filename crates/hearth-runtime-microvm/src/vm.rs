@@ -219,9 +219,12 @@ impl VmSpec {
         ));
         push("-serial");
         push("chardev:con");
+        // file.auto-read-only=off: the overlay stays open read-write, so migration's
+        // inactivation and activation never reopen it by path (impossible once
+        // chrooted).
         push("-drive");
         push(&format!(
-            "id=root,file={},format=qcow2,if=none,discard=unmap,detect-zeroes=unmap",
+            "id=root,file={},format=qcow2,if=none,discard=unmap,detect-zeroes=unmap,file.auto-read-only=off",
             self.disk.display()
         ));
         push("-device");
