@@ -21,6 +21,7 @@ use crate::cgroup::VmCgroup;
 use crate::fsutil;
 use crate::image;
 use crate::launch::{self, LaunchTimings, Launched};
+use crate::memdiff;
 use crate::qmp::{Qmp, QmpError};
 use crate::runtime::{Inner, MicroVmError, io_err};
 use crate::state::{self, InstanceState, PauseIntent, PauseRecord, SavedKind, VmManifest};
@@ -50,6 +51,7 @@ const REMOUNT_DONE: &str = "Emergency Remount complete";
 #[derive(Debug)]
 pub struct MicroVmInstance {
     id: SandboxId,
+    inner: Arc<Inner>,
     envd: SocketAddr,
     state: InstanceState,
     resources: Resources,
@@ -64,6 +66,7 @@ pub struct MicroVmInstance {
 impl MicroVmInstance {
     pub(crate) fn new(
         id: SandboxId,
+        inner: Arc<Inner>,
         envd: SocketAddr,
         resources: Resources,
         state_dir: PathBuf,
@@ -71,6 +74,7 @@ impl MicroVmInstance {
     ) -> Self {
         Self {
             id,
+            inner,
             envd,
             state: launched.state,
             resources,
@@ -276,15 +280,42 @@ impl MicroVmInstance {
         }
     }
 
-    /// Streams memory + devices of the stopped VM into `out` (fsynced).
-    async fn save_full_state(&self, out: &Path) -> Result<u64, MicroVmError> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(out)
-            .map_err(io_err("create", out))?;
+    /// Streams memory + devices of the stopped VM into `out` (fsynced) and returns
+    /// the manifest describing it. A VM running on a template's RAM saves only what
+    /// differs from it (see [`crate::memdiff`]), falling back to everything if that
+    /// fails.
+    async fn save_state(&self, out: &Path) -> Result<VmManifest, MicroVmError> {
+        let m = &self.state.machine;
+        let mut manifest = VmManifest {
+            format: state::FORMAT,
+            kind: SavedKind::Full,
+            state_file: state::FULL_STATE.into(),
+            memory_file: None,
+            memory_mb: m.memory_mb,
+            vcpus: m.vcpus,
+            accel: m.accel,
+            legacy_timers: m.legacy_timers,
+            fingerprint: m.fingerprint.clone(),
+            qemu_version: m.qemu_version.clone(),
+            guest: m.guest.clone(),
+            state_bytes: 0,
+            base_memory: None,
+            base_id: None,
+        };
+        if let Some(base) = &self.state.base_memory {
+            match self.save_diff(out, base).await {
+                Ok((bytes, id)) => {
+                    manifest.state_bytes = bytes;
+                    manifest.base_memory = Some(base.clone());
+                    manifest.base_id = Some(id);
+                    return Ok(manifest);
+                }
+                Err(err) => {
+                    tracing::warn!(sandbox_id = %self.id, error = %hearth_types::ErrorChain(&err), "saving only the memory changes failed; saving all memory");
+                }
+            }
+        }
+        let file = create_state_file(out)?;
         {
             let mut guard = self.qmp.lock().await;
             let q = guard.as_mut().ok_or(MicroVmError::Qmp {
@@ -294,7 +325,58 @@ impl MicroVmInstance {
             migrate_to(q, file.as_fd(), false).await?;
         }
         file.sync_all().map_err(io_err("sync", out))?;
-        Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
+        manifest.state_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(manifest)
+    }
+
+    /// Saves through a pipe, dropping pages equal to the template's `base` RAM.
+    /// Returns the bytes written and the template's identity.
+    async fn save_diff(&self, out: &Path, base: &Path) -> Result<(u64, String), MicroVmError> {
+        let tm = self.inner.template_memory(base).await?;
+        let id = tm.id.clone();
+        let file = create_state_file(out)?;
+        let (rx, tx) =
+            nix::unistd::pipe().map_err(|e| io_err("create a pipe for", out)(e.into()))?;
+        let out_path = out.to_owned();
+        let rewriter =
+            tokio::task::spawn_blocking(move || {
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
+                let stats = memdiff::rewrite(fs::File::from(rx), &mut w, vm::RAM_BLOCK, &*tm)
+                    .map_err(|e| MicroVmError::BadState {
+                        dir: out_path.clone(),
+                        reason: format!("cannot diff the saved memory: {e}"),
+                    })?;
+                drop(w);
+                file.sync_all().map_err(io_err("sync", &out_path))?;
+                Ok::<_, MicroVmError>(stats)
+            });
+        let migrated = {
+            let mut guard = self.qmp.lock().await;
+            let q = guard.as_mut().ok_or(MicroVmError::Qmp {
+                step: "save the VM",
+                err: QmpError::Closed,
+            })?;
+            let started = start_migration(q, tx.as_fd(), false).await;
+            // QEMU has its own copy now; ours would keep the rewriter from seeing EOF.
+            drop(tx);
+            match started {
+                Ok(()) => q
+                    .wait_migration(Duration::from_secs(600))
+                    .await
+                    .map(drop)
+                    .map_err(|err| MicroVmError::Qmp {
+                        step: "save the VM",
+                        err,
+                    }),
+                Err(e) => Err(e),
+            }
+        };
+        let rewritten = rewriter.await.map_err(MicroVmError::Task)?;
+        // The rewriter's error explains a migration that failed on a closed pipe.
+        let stats = rewritten?;
+        migrated?;
+        tracing::debug!(sandbox_id = %self.id, pages = stats.pages, kept = stats.kept, bytes = stats.bytes_out, "saved memory changes");
+        Ok((stats.bytes_out, id))
     }
 
     /// Copies the VM (memory + devices if `memory`) and its disk into `dir` while the
@@ -315,7 +397,7 @@ impl MicroVmInstance {
         self.qmp_step("stop the vCPUs", "stop").await?;
         let copied = async {
             let saved = if memory {
-                Some(self.save_full_state(&tmp.join(state::FULL_STATE)).await?)
+                Some(self.save_state(&tmp.join(state::FULL_STATE)).await?)
             } else {
                 None
             };
@@ -336,24 +418,8 @@ impl MicroVmInstance {
                 return Err(e);
             }
         };
-        if let Some(bytes) = saved {
-            let m = &self.state.machine;
-            VmManifest {
-                format: state::FORMAT,
-                kind: SavedKind::Full,
-                state_file: state::FULL_STATE.into(),
-                memory_file: None,
-                memory_mb: m.memory_mb,
-                vcpus: m.vcpus,
-                accel: m.accel,
-                legacy_timers: m.legacy_timers,
-                fingerprint: m.fingerprint.clone(),
-                qemu_version: m.qemu_version.clone(),
-                guest: m.guest.clone(),
-                state_bytes: bytes,
-            }
-            .write(&tmp)
-            .map_err(io_err("write", &tmp))?;
+        if let Some(manifest) = saved {
+            manifest.write(&tmp).map_err(io_err("write", &tmp))?;
         }
         fs::rename(&tmp, dir).map_err(io_err("install", dir))?;
         if let Some(parent) = dir.parent() {
@@ -388,20 +454,20 @@ impl MicroVmInstance {
         )
         .map_err(io_err("write", &intent_path))?;
         let full = dir.join(state::FULL_STATE);
-        let saved = if memory {
+        if memory {
             self.qmp_step("stop the vCPUs", "stop").await?;
             let tmp = fsutil::temp_sibling(&full);
-            match self.save_full_state(&tmp).await {
-                Ok(bytes) => {
-                    fs::rename(&tmp, &full).map_err(io_err("rename", &tmp))?;
-                    fsutil::sync_dir(dir).map_err(io_err("sync", dir))?;
-                    Some(bytes)
-                }
+            let saved = match self.save_state(&tmp).await {
+                Ok(m) => m,
                 Err(e) => {
                     let _ = fs::remove_file(&tmp);
                     return Err(e);
                 }
-            }
+            };
+            // The manifest first: the state file's rename is the commit point.
+            saved.write(dir).map_err(io_err("write", dir))?;
+            fs::rename(&tmp, &full).map_err(io_err("rename", &tmp))?;
+            fsutil::sync_dir(dir).map_err(io_err("sync", dir))?;
         } else {
             // Without the guest's dirty pages the disk is not what the guest believes
             // it wrote; a sync failure is logged, not fatal (the data the guest had
@@ -410,25 +476,36 @@ impl MicroVmInstance {
                 tracing::warn!(sandbox_id = %self.id, error = %hearth_types::ErrorChain(&err), "guest filesystem sync failed");
             }
             self.qmp_step("stop the vCPUs", "stop").await?;
-            None
-        };
+        }
         // From here the VM is not resumed on error: the saved state is the truth.
         self.stop_process().await?;
-        let record = finish_pause(&intent, &self.state.disk, &self.state_dir, saved)?;
+        let record = finish_pause(&intent, &self.state.disk, &self.state_dir)?;
         self.release().await?;
         Ok(paused_state(&record))
     }
 }
 
-/// Steps 3–5 of a pause, once QEMU is gone: move the disk, write the record, drop the
-/// marker. `saved` is the size of `vm.state` for memory pauses.
+/// Steps 3–5 of a pause, once QEMU is gone: move the disk, write the record. For a
+/// memory pause the saved state and its manifest must be in the pause directory.
 fn finish_pause(
     intent: &PauseIntent,
     disk: &Path,
     state_dir: &Path,
-    saved: Option<u64>,
 ) -> Result<PauseRecord, MicroVmError> {
     let dir = &intent.dir;
+    let vm = if intent.memory {
+        let m = VmManifest::read(dir).map_err(io_err("read", dir))?;
+        let full = dir.join(state::FULL_STATE);
+        if !full.is_file() {
+            return Err(MicroVmError::BadState {
+                dir: dir.clone(),
+                reason: "the saved memory is missing".into(),
+            });
+        }
+        Some(m)
+    } else {
+        None
+    };
     let target = dir.join(state::DISK);
     if disk != target {
         fs::File::open(disk)
@@ -438,25 +515,6 @@ fn finish_pause(
         fsutil::sync_dir(state_dir).map_err(io_err("sync", state_dir))?;
     }
     fsutil::sync_dir(dir).map_err(io_err("sync", dir))?;
-    let vm = saved.map(|bytes| VmManifest {
-        format: state::FORMAT,
-        kind: SavedKind::Full,
-        state_file: state::FULL_STATE.into(),
-        memory_file: None,
-        memory_mb: intent.machine.memory_mb,
-        vcpus: intent.machine.vcpus,
-        accel: intent.machine.accel,
-        legacy_timers: intent.machine.legacy_timers,
-        fingerprint: intent.machine.fingerprint.clone(),
-        qemu_version: intent.machine.qemu_version.clone(),
-        guest: intent.machine.guest.clone(),
-        state_bytes: bytes,
-    });
-    if let Some(vm) = &vm {
-        // The pause directory doubles as a saved VM (`Artifacts::vm_state`) for
-        // snapshots built on it.
-        vm.write(dir).map_err(io_err("write", dir))?;
-    }
     let record = PauseRecord {
         dir: dir.clone(),
         memory: vm.is_some(),
@@ -473,6 +531,16 @@ fn finish_pause(
     // The marker stays until the node resumes or kills the sandbox: it is how
     // `recovered_pause` finds this pause if the node never learnt of it.
     Ok(record)
+}
+
+fn create_state_file(path: &Path) -> Result<fs::File, MicroVmError> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("create", path))
 }
 
 /// Renames `from` to `to`, copying across filesystems.
@@ -529,12 +597,13 @@ fn console_since(log: &Path, offset: u64) -> String {
     String::from_utf8_lossy(&s).into_owned()
 }
 
-/// Saves the stopped VM into `fd` (QMP `getfd` + `migrate fd:`).
-pub(crate) async fn migrate_to(
+/// Starts saving the stopped VM into `fd` (QMP `getfd` + `migrate fd:`); QEMU holds
+/// its own copy of `fd` afterwards.
+pub(crate) async fn start_migration(
     q: &mut Qmp,
     fd: std::os::fd::BorrowedFd<'_>,
     ignore_shared: bool,
-) -> Result<serde_json::Value, MicroVmError> {
+) -> Result<(), MicroVmError> {
     let e = |step| move |err| MicroVmError::Qmp { step, err };
     q.set_capabilities(&[("x-ignore-shared", ignore_shared)])
         .await
@@ -552,9 +621,22 @@ pub(crate) async fn migrate_to(
     q.execute("migrate", Some(json!({"uri": "fd:hearth-save"})))
         .await
         .map_err(e("start saving the VM"))?;
+    Ok(())
+}
+
+/// Saves the stopped VM into `fd` and waits until it is written.
+pub(crate) async fn migrate_to(
+    q: &mut Qmp,
+    fd: std::os::fd::BorrowedFd<'_>,
+    ignore_shared: bool,
+) -> Result<serde_json::Value, MicroVmError> {
+    start_migration(q, fd, ignore_shared).await?;
     q.wait_migration(Duration::from_secs(600))
         .await
-        .map_err(e("save the VM"))
+        .map_err(|err| MicroVmError::Qmp {
+            step: "save the VM",
+            err,
+        })
 }
 
 #[async_trait]
@@ -703,6 +785,7 @@ pub(crate) async fn adopt(
     let envd = SocketAddr::from((spec.slot.host_addr, hearth_runtime::ENVD_PORT));
     Ok(Some(MicroVmInstance::new(
         spec.id.clone(),
+        inner.clone(),
         envd,
         spec.resources,
         spec.state_dir.clone(),
@@ -724,16 +807,10 @@ pub(crate) fn recovered_pause(inner: &Inner, spec: &SandboxSpec) -> Option<Pause
         return Some(paused_state(&r));
     }
     let disk = spec.state_dir.join(state::DISK);
-    let full = intent.dir.join(state::FULL_STATE);
-    let saved = if intent.memory {
-        Some(fs::metadata(&full).ok()?.len())
-    } else {
-        None
-    };
-    if !disk.is_file() {
+    if !disk.is_file() || (intent.memory && !intent.dir.join(state::FULL_STATE).is_file()) {
         return None;
     }
-    match finish_pause(&intent, &disk, &spec.state_dir, saved) {
+    match finish_pause(&intent, &disk, &spec.state_dir) {
         Ok(r) => {
             inner.cgroup(spec.id.as_str()).remove_now();
             for p in [

@@ -86,6 +86,8 @@ pub(crate) enum Start {
         memory: Memory,
         /// Whether the stream skipped shared RAM (template restores).
         ignore_shared: bool,
+        /// The template RAM image underneath (`memory` maps it), if any.
+        base_memory: Option<PathBuf>,
     },
 }
 
@@ -320,6 +322,10 @@ impl Inner {
                     console_sock: spec.console_sock.clone(),
                     disk: l.disk.clone(),
                     machine: l.machine.clone(),
+                    base_memory: match &l.start {
+                        Start::Restore { base_memory, .. } => base_memory.clone(),
+                        Start::Boot { .. } => None,
+                    },
                 };
                 tracing::debug!(vm = l.name, ?timings, "VM ready");
                 Ok(Launched {

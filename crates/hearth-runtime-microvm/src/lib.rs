@@ -42,6 +42,7 @@ pub mod initramfs;
 mod instance;
 pub mod kmod;
 mod launch;
+pub mod memdiff;
 pub mod memfd;
 pub mod netns;
 pub mod progress;

@@ -22,11 +22,15 @@ use std::path::{Path, PathBuf};
 /// A sealed, read-only copy of a template's RAM.
 #[derive(Debug)]
 pub struct TemplateMemory {
-    fd: OwnedFd,
+    file: File,
     /// Bytes of data copied (the template's touched memory).
     pub resident: u64,
     /// Size of the RAM image.
     pub size: u64,
+    /// Identity of the template boot this RAM belongs to (set by the loader).
+    pub id: String,
+    /// One bit per 4 KiB page: set when the page holds data (else it is zero).
+    nonzero: Vec<u64>,
 }
 
 impl TemplateMemory {
@@ -42,6 +46,8 @@ impl TemplateMemory {
         let dst = File::from(fd);
         dst.set_len(size)?;
         let mut resident = 0u64;
+        let pages = usize::try_from(size.div_ceil(PAGE)).unwrap_or(usize::MAX);
+        let mut nonzero = vec![0u64; pages.div_ceil(64)];
         let mut buf = vec![0u8; 1 << 20];
         let mut off = 0u64;
         while off < size {
@@ -56,10 +62,17 @@ impl TemplateMemory {
                 if n == 0 {
                     break;
                 }
-                // All-zero runs stay holes: less memory, same content.
-                if buf[..n].iter().any(|&b| b != 0) {
-                    dst.write_all_at(&buf[..n], pos)?;
-                    resident += n as u64;
+                // All-zero pages stay holes: less memory, same content.
+                for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
+                    if page.iter().any(|&b| b != 0) {
+                        let at = pos + (i as u64) * PAGE;
+                        dst.write_all_at(page, at)?;
+                        resident += page.len() as u64;
+                        let idx = usize::try_from(at / PAGE).unwrap_or(usize::MAX);
+                        if let Some(word) = nonzero.get_mut(idx / 64) {
+                            *word |= 1 << (idx % 64);
+                        }
+                    }
                 }
                 pos += n as u64;
             }
@@ -76,7 +89,13 @@ impl TemplateMemory {
             ),
         )
         .map_err(io::Error::from)?;
-        Ok(Self { fd, resident, size })
+        Ok(Self {
+            file: File::from(fd),
+            resident,
+            size,
+            id: String::new(),
+            nonzero,
+        })
     }
 
     /// The path QEMU opens to reach the memfd (valid while this value lives).
@@ -84,10 +103,24 @@ impl TemplateMemory {
         PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),
-            self.fd.as_raw_fd()
+            self.file.as_raw_fd()
         ))
     }
 }
+
+impl crate::memdiff::Base for TemplateMemory {
+    fn page(&self, offset: u64, buf: &mut [u8; 4096]) -> bool {
+        self.file.read_exact_at(buf, offset).is_ok()
+    }
+
+    fn is_zero(&self, offset: u64) -> Option<bool> {
+        let idx = usize::try_from(offset / PAGE).ok()?;
+        let word = self.nonzero.get(idx / 64)?;
+        Some(word & (1 << (idx % 64)) == 0)
+    }
+}
+
+const PAGE: u64 = 4096;
 
 /// `lseek` with SEEK_DATA/SEEK_HOLE; `None` when there is no more data (ENXIO).
 fn seek(f: &File, off: u64, whence: Whence) -> io::Result<Option<u64>> {

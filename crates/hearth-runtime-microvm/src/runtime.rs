@@ -308,10 +308,14 @@ impl Inner {
             return Ok(m.clone());
         }
         let p = path.to_owned();
-        let loaded = tokio::task::spawn_blocking(move || TemplateMemory::load(&p))
-            .await
-            .map_err(MicroVmError::Task)?
-            .map_err(io_err("load template memory", path))?;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut m = TemplateMemory::load(&p)?;
+            m.id = template_memory_id(&p)?;
+            Ok::<_, std::io::Error>(m)
+        })
+        .await
+        .map_err(MicroVmError::Task)?
+        .map_err(io_err("load template memory", path))?;
         tracing::info!(path = %path.display(), resident_mb = loaded.resident >> 20, "template memory loaded");
         let loaded = Arc::new(loaded);
         Ok(self
@@ -374,11 +378,13 @@ impl Inner {
         let state_file = vm_dir.join(&m.state_file);
         let start = match (m.kind, &m.memory_file) {
             (SavedKind::Template, Some(mem)) => {
-                let tm = self.template_memory(&vm_dir.join(mem)).await?;
+                let path = vm_dir.join(mem);
+                let tm = self.template_memory(&path).await?;
                 Start::Restore {
                     state_file,
                     memory: Memory::PrivateFile(tm.qemu_path()),
                     ignore_shared: true,
+                    base_memory: Some(path),
                 }
             }
             (SavedKind::Template, None) => {
@@ -387,10 +393,31 @@ impl Inner {
                     reason: "template state without a memory file".into(),
                 });
             }
-            (SavedKind::Full, _) => Start::Restore {
-                state_file,
-                memory: Memory::Anonymous,
-                ignore_shared: false,
+            (SavedKind::Full, _) => match &m.base_memory {
+                Some(base) => {
+                    let tm = self.template_memory(base).await?;
+                    if m.base_id.as_deref() != Some(tm.id.as_str()) {
+                        return Err(MicroVmError::BadState {
+                            dir: vm_dir.to_owned(),
+                            reason: format!(
+                                "its base memory {} belongs to another template build",
+                                base.display()
+                            ),
+                        });
+                    }
+                    Start::Restore {
+                        state_file,
+                        memory: Memory::PrivateFile(tm.qemu_path()),
+                        ignore_shared: false,
+                        base_memory: Some(base.clone()),
+                    }
+                }
+                None => Start::Restore {
+                    state_file,
+                    memory: Memory::Anonymous,
+                    ignore_shared: false,
+                    base_memory: None,
+                },
             },
         };
         Ok(Some((m, start)))
@@ -455,12 +482,21 @@ impl Inner {
             .map_err(MicroVmError::Launch)?;
         Ok(MicroVmInstance::new(
             spec.id.clone(),
+            self.clone(),
             envd,
             spec.resources,
             spec.state_dir.clone(),
             launched,
         ))
     }
+}
+
+/// Identity of a template boot: a hash of its device state, which differs for every
+/// boot (timestamps, RNG state) and lives next to its RAM image.
+fn template_memory_id(memory: &Path) -> std::io::Result<String> {
+    let dir = memory.parent().unwrap_or(Path::new("."));
+    let m = VmManifest::read(dir)?;
+    Ok(fsutil::sha256_file(&dir.join(m.state_file))?[..16].to_owned())
 }
 
 fn create_err(spec: &SandboxSpec) -> impl FnOnce(MicroVmError) -> RuntimeError + '_ {

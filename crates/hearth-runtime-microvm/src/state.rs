@@ -61,6 +61,13 @@ pub struct VmManifest {
     pub guest: GuestArtifacts,
     /// Size of the state file, bytes.
     pub state_bytes: u64,
+    /// For a [`SavedKind::Full`] state holding only what differs from a template's
+    /// RAM: that RAM image (restored copy-on-write underneath the stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_memory: Option<PathBuf>,
+    /// Identity of `base_memory`'s template boot; a mismatch refuses the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_id: Option<String>,
 }
 
 impl VmManifest {
@@ -92,6 +99,10 @@ pub struct InstanceState {
     pub disk: PathBuf,
     /// Machine the VM runs (needed to save it).
     pub machine: MachineInfo,
+    /// The template RAM image the VM's memory is mapped from, copy-on-write (saves
+    /// store only the difference); `None` for anonymous memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_memory: Option<PathBuf>,
 }
 
 /// The guest-visible machine of a running VM.

@@ -264,6 +264,8 @@ impl MicroVm {
             qemu_version: machine.qemu_version.clone(),
             guest: machine.guest.clone(),
             state_bytes,
+            base_memory: None,
+            base_id: None,
         };
         manifest.write(&vm_dir).map_err(io_err("write", &vm_dir))?;
         let mem_used = image::allocated_size(&mem_file).unwrap_or(0);

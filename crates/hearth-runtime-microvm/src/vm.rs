@@ -51,6 +51,10 @@ pub enum VmError {
     },
 }
 
+/// The id of the guest RAM's memory backend, hence of its RAM block in migration
+/// streams.
+pub const RAM_BLOCK: &str = "mem";
+
 /// Where the guest's RAM comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Memory {
@@ -126,7 +130,7 @@ impl VmSpec {
     fn machine(&self) -> String {
         let timers = if self.legacy_timers { "on" } else { "off" };
         format!(
-            "microvm,acpi=on,rtc=on,isa-serial=on,x-option-roms=off,pit={timers},pic={timers},memory-backend=mem"
+            "microvm,acpi=on,rtc=on,isa-serial=on,x-option-roms=off,pit={timers},pic={timers},memory-backend={RAM_BLOCK}"
         )
     }
 
@@ -176,14 +180,16 @@ impl VmSpec {
         push("-m");
         push(&format!("{}M", self.memory_mb));
         let backend = match &self.memory {
-            Memory::Anonymous => format!("memory-backend-ram,id=mem,size={}M", self.memory_mb),
+            Memory::Anonymous => {
+                format!("memory-backend-ram,id={RAM_BLOCK},size={}M", self.memory_mb)
+            }
             Memory::SharedFile(p) => format!(
-                "memory-backend-file,id=mem,size={}M,mem-path={},share=on",
+                "memory-backend-file,id={RAM_BLOCK},size={}M,mem-path={},share=on",
                 self.memory_mb,
                 p.display()
             ),
             Memory::PrivateFile(p) => format!(
-                "memory-backend-file,id=mem,size={}M,mem-path={},share=off",
+                "memory-backend-file,id={RAM_BLOCK},size={}M,mem-path={},share=off",
                 self.memory_mb,
                 p.display()
             ),
