@@ -89,12 +89,23 @@ pub struct GuestArtifacts {
     pub kernel_package: String,
     /// Identity of this kernel + initramfs pair; snapshots record it.
     pub id: String,
+    /// The initramfs recipe it was built with ([`recipe`]); another one rebuilds.
+    #[serde(default)]
+    pub recipe: String,
 }
 
 impl GuestArtifacts {
     fn complete(&self) -> bool {
-        self.kernel.is_file() && self.initramfs.is_file()
+        self.kernel.is_file() && self.initramfs.is_file() && self.recipe == recipe()
     }
+}
+
+/// Identity of how this code builds the initramfs (its init script and module list):
+/// a change rebuilds the guest artifacts on next use. Existing snapshots keep their
+/// own (content-addressed) kernel and initramfs files.
+pub fn recipe() -> String {
+    let script = initramfs::init_script(&[]);
+    fsutil::sha256(format!("{script}|{}", GUEST_MODULES.join(",")).as_bytes())[..16].to_owned()
 }
 
 /// Returns the guest artifacts under `root` (`<home>/microvm`), building them first
@@ -215,5 +226,6 @@ fn build(root: &Path, tmp: &Path, progress: &dyn Progress) -> Result<GuestArtifa
         kernel_version: version,
         kernel_package: package,
         id,
+        recipe: recipe(),
     })
 }

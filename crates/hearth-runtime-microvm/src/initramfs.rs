@@ -18,6 +18,8 @@ use std::io;
 
 /// Printed by the init in probe mode once userspace runs.
 pub const PROBE_MARKER: &str = "HEARTH-PROBE-OK";
+/// The first line userspace prints (boot-time measurements key on it).
+pub const USERSPACE_MARKER: &str = "hearth-init: userspace";
 /// Printed right before envd takes over.
 pub const HANDOFF_MARKER: &str = "hearth-init: starting hearth-envd";
 
@@ -35,6 +37,7 @@ pub fn init_script(modules: &[Module]) -> String {
         r#"#!/bin/busybox sh
 # Hearth microVM init: drivers, root disk, guest link, then hearth-envd as PID 1.
 B=/bin/busybox
+echo "{userspace}"
 fail() {{ echo "hearth-init: $*"; $B sleep 1; $B reboot -f; }}
 $B mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev || fail "cannot mount /dev"
 $B mount -t proc -o nosuid,nodev,noexec proc /proc || fail "cannot mount /proc"
@@ -76,6 +79,7 @@ fail "switch_root failed"
 "#,
         modules = names.join(" "),
         probe = PROBE_MARKER,
+        userspace = USERSPACE_MARKER,
         handoff = HANDOFF_MARKER,
         addr = GUEST_ADDR,
         prefix = GUEST_PREFIX,

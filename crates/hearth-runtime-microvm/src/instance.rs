@@ -301,6 +301,7 @@ impl MicroVmInstance {
             state_bytes: 0,
             base_memory: None,
             base_id: None,
+            recipe: 0,
         };
         if let Some(base) = &self.state.base_memory {
             match self.save_diff(out, base).await {

@@ -138,6 +138,8 @@ pub struct LaunchTimings {
     pub qmp_ms: f64,
     /// Until the migration stream was loaded (restores).
     pub restore_ms: f64,
+    /// Until the vCPUs ran.
+    pub running_ms: f64,
     /// Until envd answered `/health`: the whole launch.
     pub ready_ms: f64,
 }
@@ -398,6 +400,7 @@ impl Inner {
         qmp.execute("cont", None)
             .await
             .map_err(qerr("start the vCPUs"))?;
+        timings.running_ms = ms(t0.elapsed());
         let remaining = l.timeout.saturating_sub(t0.elapsed());
         let ready = match &l.envd {
             EnvdTarget::Host(addr) => {

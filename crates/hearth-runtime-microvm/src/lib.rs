@@ -35,6 +35,7 @@ pub mod accel;
 pub mod cgroup;
 pub mod cpio;
 pub mod debian;
+pub mod envd;
 pub mod fsutil;
 pub mod guest;
 pub mod image;
@@ -58,6 +59,6 @@ pub use instance::MicroVmInstance;
 pub use launch::LaunchTimings;
 pub use progress::{LogProgress, NoProgress, Progress};
 pub use runtime::{MicroVm, MicroVmConfig, MicroVmError};
-pub use template::TemplateRequest;
+pub use template::{TEMPLATE_RECIPE, TemplateRequest};
 
 pub(crate) use runtime::Inner;

@@ -103,6 +103,38 @@ impl Drop for PrivateNet {
     }
 }
 
+/// Runs `f` on a dedicated thread inside `netns` (see [`wait_envd_in`] for why a
+/// dedicated thread).
+pub async fn run_in<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let netns = netns.to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("hearth-netns".into())
+        .spawn(move || {
+            let entered = std::fs::File::open(&netns).and_then(|f| {
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+            let _ = tx.send(entered.map(|()| f()).map_err(|err| NetnsError::Enter {
+                path: netns.clone(),
+                err,
+            }));
+        })
+        .map_err(|err| NetnsError::Enter {
+            path: PathBuf::new(),
+            err,
+        })?;
+    rx.await.unwrap_or_else(|_| {
+        Err(NetnsError::Enter {
+            path: PathBuf::new(),
+            err: std::io::Error::other("namespace thread died"),
+        })
+    })
+}
+
 /// Polls envd's `/health` at `addr` from inside `netns` until it answers 204.
 ///
 /// Runs on a dedicated thread: entering a namespace changes the calling thread, which

@@ -231,6 +231,43 @@ impl MicroVm {
     }
 }
 
+impl MicroVm {
+    /// [`Runtime::create`] with the concrete instance (its timings, pid, console).
+    pub async fn create_vm(&self, spec: &SandboxSpec) -> Result<MicroVmInstance, RuntimeError> {
+        let inner = &self.inner;
+        let backing = spec.artifacts.disk_image.clone().ok_or_else(|| {
+            RuntimeError::create(
+                &spec.id,
+                format!("template {} has no microVM disk image", spec.template_id),
+            )
+        })?;
+        std::fs::create_dir_all(&spec.state_dir)
+            .map_err(io_err("create", &spec.state_dir))
+            .map_err(create_err(spec))?;
+        let plan = match &spec.artifacts.vm_state {
+            Some(dir) => inner
+                .restore_plan(dir, spec.resources.memory_mb, spec.resources.cpu_count)
+                .await
+                .map_err(create_err(spec))?,
+            None => None,
+        };
+        let disk = spec.state_dir.join(state::DISK);
+        let qemu_img = inner.config.qemu_img.clone();
+        let d = disk.clone();
+        tokio::task::spawn_blocking(move || image::create_overlay(&qemu_img, &backing, &d))
+            .await
+            .map_err(|e| RuntimeError::create(&spec.id, MicroVmError::Task(e)))?
+            .map_err(|e| RuntimeError::create(&spec.id, MicroVmError::Image(e)))?;
+        match inner.start_sandbox(spec, disk.clone(), plan).await {
+            Ok(i) => Ok(i),
+            Err(e) => {
+                let _ = fsutil::remove_file_if_exists(&disk);
+                Err(RuntimeError::create(&spec.id, e))
+            }
+        }
+    }
+}
+
 impl Inner {
     pub(crate) async fn guest(
         &self,
@@ -514,37 +551,7 @@ impl Runtime for MicroVm {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Instance>, RuntimeError> {
-        let inner = &self.inner;
-        let backing = spec.artifacts.disk_image.clone().ok_or_else(|| {
-            RuntimeError::create(
-                &spec.id,
-                format!("template {} has no microVM disk image", spec.template_id),
-            )
-        })?;
-        std::fs::create_dir_all(&spec.state_dir)
-            .map_err(io_err("create", &spec.state_dir))
-            .map_err(create_err(spec))?;
-        let plan = match &spec.artifacts.vm_state {
-            Some(dir) => inner
-                .restore_plan(dir, spec.resources.memory_mb, spec.resources.cpu_count)
-                .await
-                .map_err(create_err(spec))?,
-            None => None,
-        };
-        let disk = spec.state_dir.join(state::DISK);
-        let qemu_img = inner.config.qemu_img.clone();
-        let d = disk.clone();
-        tokio::task::spawn_blocking(move || image::create_overlay(&qemu_img, &backing, &d))
-            .await
-            .map_err(|e| RuntimeError::create(&spec.id, MicroVmError::Task(e)))?
-            .map_err(|e| RuntimeError::create(&spec.id, MicroVmError::Image(e)))?;
-        match inner.start_sandbox(spec, disk.clone(), plan).await {
-            Ok(i) => Ok(Box::new(i)),
-            Err(e) => {
-                let _ = fsutil::remove_file_if_exists(&disk);
-                Err(RuntimeError::create(&spec.id, e))
-            }
-        }
+        Ok(Box::new(self.create_vm(spec).await?))
     }
 
     async fn adopt(

@@ -68,6 +68,9 @@ pub struct VmManifest {
     /// Identity of `base_memory`'s template boot; a mismatch refuses the restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_id: Option<String>,
+    /// For templates: the preparation recipe (`TEMPLATE_RECIPE`) that made it.
+    #[serde(default)]
+    pub recipe: u32,
 }
 
 impl VmManifest {

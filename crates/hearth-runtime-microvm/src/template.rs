@@ -30,6 +30,14 @@ pub const ARTIFACT_DIR: &str = "microvm";
 pub const ROOT_IMAGE: &str = "rootfs.ext4";
 /// The saved template VM's directory name.
 pub const VM_DIR: &str = "vm";
+/// Version of how templates are prepared: artifacts made by another version are
+/// rebuilt by [`MicroVm::prepare_template`].
+pub const TEMPLATE_RECIPE: u32 = 2;
+/// Commands run once in the template VM before its snapshot.
+const WARM_UP: &[&[&str]] = &[
+    &["/bin/sh", "-c", "true"],
+    &["/bin/bash", "-l", "-c", "true"],
+];
 
 /// What to prepare.
 pub struct TemplateRequest<'a> {
@@ -78,6 +86,7 @@ impl MicroVm {
         let accel = inner.accel().await?.accel;
         let version = inner.qemu_version().await?;
         if let Ok(m) = VmManifest::read(&final_dir.join(VM_DIR))
+            && m.recipe == TEMPLATE_RECIPE
             && final_dir.join(ROOT_IMAGE).is_file()
             && inner
                 .incompatibility(&m, req.resources.memory_mb, req.resources.cpu_count)
@@ -130,6 +139,8 @@ impl MicroVm {
         .await
         .map_err(MicroVmError::Task)?
         .map_err(MicroVmError::Image)?;
+        // The flattening mountpoint (unmounted by now) is not an artifact.
+        let _ = fs::remove_dir(tmp.join("flattened"));
         req.progress.detail(&format!(
             "{} MiB image in {:.1} s",
             size >> 20,
@@ -183,6 +194,7 @@ impl MicroVm {
             "template-{}",
             &fsutil::sha256(tmp.to_string_lossy().as_bytes())[..12]
         );
+        let warm_target = envd.clone();
         let t = Instant::now();
         let mut launched = inner
             .launch(LaunchSpec {
@@ -199,7 +211,7 @@ impl MicroVm {
                 },
                 hostname: req.hostname,
                 nameservers: req.nameservers,
-                envd,
+                envd: envd.clone(),
                 timeout: inner.config.boot_timeout,
             })
             .await
@@ -208,6 +220,36 @@ impl MicroVm {
             "envd answered after {:.1} s",
             t.elapsed().as_secs_f64()
         ));
+
+        // What a sandbox runs first (the SDKs start commands with `bash -l -c`) is
+        // then in the guest's page cache and dentry caches of every clone.
+        req.progress.phase("warming up the template");
+        let guest_addr = match &warm_target {
+            EnvdTarget::Host(addr) => *addr,
+            EnvdTarget::InNetns(_) => SocketAddr::from((
+                crate::initramfs::GUEST_ADDR
+                    .parse::<Ipv4Addr>()
+                    .expect("constant address parses"),
+                ENVD_PORT,
+            )),
+        };
+        let warm = move || {
+            for argv in WARM_UP {
+                if let Err(err) = crate::envd::run(guest_addr, argv, Duration::from_secs(60)) {
+                    tracing::warn!(command = ?argv, error = %hearth_types::ErrorChain(&err), "template warm-up command failed");
+                }
+            }
+        };
+        match &warm_target {
+            EnvdTarget::InNetns(ns) => {
+                netns::run_in(ns, warm).await.map_err(MicroVmError::Netns)?;
+            }
+            EnvdTarget::Host(_) => {
+                tokio::task::spawn_blocking(warm)
+                    .await
+                    .map_err(MicroVmError::Task)?;
+            }
+        }
 
         req.progress.phase("saving the template snapshot");
         let state_path = vm_dir.join("device.state");
@@ -266,6 +308,7 @@ impl MicroVm {
             state_bytes,
             base_memory: None,
             base_id: None,
+            recipe: TEMPLATE_RECIPE,
         };
         manifest.write(&vm_dir).map_err(io_err("write", &vm_dir))?;
         let mem_used = image::allocated_size(&mem_file).unwrap_or(0);
