@@ -105,12 +105,27 @@ impl VmCgroup {
         Ok(())
     }
 
-    /// Moves process `pid` (all its threads) into every cgroup.
-    pub fn attach(&self, pid: u32) -> Result<(), CgroupError> {
-        for (_, dir) in &self.dirs {
-            write(dir, "cgroup.procs", &pid.to_string())?;
-        }
-        Ok(())
+    /// The `cgroup.procs` files a process writes its pid to in order to join.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .map(|(_, d)| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// Pids in the VM's memory (or first) cgroup.
+    pub fn pids(&self) -> Vec<u32> {
+        let Some((_, dir)) = self
+            .dirs
+            .iter()
+            .find(|(c, _)| *c == "memory")
+            .or(self.dirs.first())
+        else {
+            return Vec::new();
+        };
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
     }
 
     /// Memory charged to the VM: (usage, page cache), bytes.
@@ -137,7 +152,17 @@ impl VmCgroup {
     }
 
     /// Removes the cgroups; waits up to `wait` for exiting tasks to leave. Idempotent.
+    /// Whatever still runs inside (nothing should) is killed first: a VM's cgroup
+    /// holds only that VM.
     pub async fn remove(&self, wait: Duration) -> Result<(), CgroupError> {
+        for pid in self.pids() {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         let deadline = tokio::time::Instant::now() + wait;
         for (_, dir) in &self.dirs {
             loop {

@@ -307,14 +307,14 @@ impl Inner {
             },
             Start::Boot { .. } => None,
         };
-        let mut process = match spec.spawn(stdin) {
+        let mut process = match spec.spawn(stdin, &cgroup.procs_files()) {
             Ok(p) => p,
             Err(err) => {
                 let _ = cgroup.remove(Duration::from_secs(1)).await;
                 return Err(LaunchError::Spawn(err));
             }
         };
-        let result = self.bring_up(&l, &spec, &mut process, &cgroup, t0).await;
+        let result = self.bring_up(&l, &spec, &mut process, t0).await;
         match result {
             Ok((qmp, timings)) => {
                 let state = InstanceState {
@@ -358,12 +358,10 @@ impl Inner {
         l: &LaunchSpec<'_>,
         spec: &VmSpec,
         process: &mut VmProcess,
-        cgroup: &VmCgroup,
         t0: Instant,
     ) -> Result<(Qmp, LaunchTimings), LaunchError> {
         let console = || log_tail(&spec.console, 2000);
         let mut timings = LaunchTimings::default();
-        cgroup.attach(process.pid).map_err(LaunchError::Cgroup)?;
         let pid = process.pid;
         let start = process.start_time;
         let mut qmp = Qmp::connect_retry(&spec.qmp, l.timeout, || crate::vm::is_alive(pid, start))

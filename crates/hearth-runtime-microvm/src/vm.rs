@@ -273,7 +273,15 @@ impl VmSpec {
 
     /// Starts QEMU. `stdin` is handed to it as fd 0 (a migration stream), stdout is
     /// discarded and stderr is appended to the console log.
-    pub fn spawn(&self, stdin: Option<File>) -> Result<VmProcess, VmError> {
+    ///
+    /// A one-line shell joins the cgroups whose `cgroup.procs` files are given and
+    /// then `exec`s `nsenter` (into the slot's namespace), which `exec`s QEMU: one
+    /// process throughout, inside its cgroups before QEMU allocates anything.
+    pub fn spawn(
+        &self,
+        stdin: Option<File>,
+        cgroup_procs: &[PathBuf],
+    ) -> Result<VmProcess, VmError> {
         let console = OpenOptions::new()
             .create(true)
             .append(true)
@@ -282,17 +290,16 @@ impl VmSpec {
                 path: self.console.clone(),
                 err,
             })?;
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = tokio::process::Command::new("nsenter");
-                let mut opt = OsString::from("--net=");
-                opt.push(ns);
-                c.arg(opt).arg("--").arg(&self.qemu);
-                c
-            }
-            None => tokio::process::Command::new(&self.qemu),
-        };
-        cmd.args(self.args())
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c").arg(TRAMPOLINE).arg("hearth-vm");
+        cmd.args(cgroup_procs).arg("--");
+        if let Some(ns) = &self.netns {
+            let mut opt = OsString::from("--net=");
+            opt.push(ns);
+            cmd.arg("nsenter").arg(opt).arg("--");
+        }
+        cmd.arg(&self.qemu)
+            .args(self.args())
             .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
             .stdout(Stdio::null())
             .stderr(Stdio::from(console))
@@ -306,6 +313,7 @@ impl VmSpec {
             program: self.qemu.clone(),
             err: std::io::Error::other("child exited before its pid was read"),
         })?;
+        // Set at fork, unchanged by the execs that follow.
         let start_time = proc_start_time(pid).unwrap_or(0);
         Ok(VmProcess {
             pid,
@@ -314,6 +322,10 @@ impl VmSpec {
         })
     }
 }
+
+/// `sh -c` script: write our pid into each file argument up to `--`, then exec the
+/// rest. Exit status 125 reports a failed cgroup join.
+const TRAMPOLINE: &str = r#"while [ "$#" -gt 0 ] && [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@""#;
 
 /// A running (or exited) QEMU process.
 #[derive(Debug)]

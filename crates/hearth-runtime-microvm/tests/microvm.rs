@@ -28,6 +28,42 @@ async fn sandbox_from_template_snapshot_runs_commands_and_leaves_nothing() {
     let created = t.elapsed();
     let addr = inst.envd_addr();
     assert_eq!(common::health(addr).unwrap(), 204);
+    // What the node does next: /init with env vars and the host's clock (the
+    // template's memory holds a clock from when it was built).
+    let now = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%NZ"])
+        .output()
+        .unwrap();
+    let body = serde_json::json!({
+        "envVars": {"HEARTH_MV": "yes"},
+        "timestamp": String::from_utf8_lossy(&now.stdout).trim(),
+    })
+    .to_string();
+    let (status, _) = common::http(
+        addr,
+        "POST",
+        "/init",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 204);
+    let (_, envs) = common::http(addr, "GET", "/envs", &[], b"").unwrap();
+    assert!(String::from_utf8_lossy(&envs).contains("\"HEARTH_MV\":\"yes\""));
+    let guest_now: i64 = common::run(addr, "date +%s")
+        .unwrap()
+        .stdout
+        .trim()
+        .parse()
+        .unwrap();
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (guest_now - host_now).abs() <= 5,
+        "guest clock {guest_now} vs host {host_now}"
+    );
     let ran = common::run(addr, "echo hello from $(uname -r); id -un").expect("run");
     assert_eq!(ran.exit_code, 0, "{ran:?}");
     assert!(ran.stdout.contains("hello from 6."), "{ran:?}");
