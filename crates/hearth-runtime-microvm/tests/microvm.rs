@@ -546,3 +546,64 @@ async fn a_filesystem_snapshot_keeps_unsynced_files_and_the_source_runs_on() {
         let _ = std::fs::remove_dir_all(&s.state_dir);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_runs_confined_in_the_slot_its_cgroups_and_a_jail() {
+    require_env!();
+    let _serial = common::serial();
+    let vm = common::runtime();
+    let artifacts = common::template(&vm).await.expect("template");
+    let net = common::TestNet::new().unwrap();
+    let spec = common::spec(&artifacts, &net, common::TEMPLATE);
+    let _guard = common::Guard::new(&[&spec]);
+    let mut inst = vm.create(&spec).await.expect("create");
+    let pid = inst.state()["pid"].as_u64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let uid = (vm.config().uid_base + spec.ordinal).to_string();
+    assert_eq!(field("Uid:"), [uid.as_str(); 4], "{status}");
+    assert_eq!(field("Gid:"), [uid.as_str(); 4], "{status}");
+    assert_eq!(field("CapEff:"), ["0000000000000000"]);
+    assert_eq!(field("Seccomp:"), ["2"], "no seccomp filter");
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    assert!(
+        root.ends_with("microvm/empty"),
+        "not chrooted: {}",
+        root.display()
+    );
+    let ns = |p: &str| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap()
+    };
+    assert_eq!(
+        ns(&format!("/proc/{pid}/ns/net")),
+        ns(&format!("/run/netns/{}", net.name)),
+        "QEMU is not in the slot's network namespace"
+    );
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for ctrl in ["memory", "pids"] {
+        let want = format!(":{ctrl}:/{}/{}", common::INSTANCE, spec.id.as_str());
+        assert!(cgroups.lines().any(|l| l.ends_with(&want)), "{cgroups}");
+    }
+    let limit: u64 = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/{}/{}/memory.limit_in_bytes",
+        common::INSTANCE,
+        spec.id.as_str()
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    assert!(limit > 512 << 20 && limit < 1 << 30, "memory limit {limit}");
+    inst.kill().await.unwrap();
+    assert_eq!(common::leftovers(&spec, &net), Vec::<String>::new());
+}
