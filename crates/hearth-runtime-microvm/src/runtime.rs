@@ -219,6 +219,22 @@ impl MicroVm {
         self.inner.accel().await
     }
 
+    /// Drops the cached RAM of a template that is being deleted. Running sandboxes
+    /// keep their own mappings; paused sandboxes and snapshots made from the template
+    /// still need its files (their memory is stored as a difference to it).
+    pub fn forget(&self, artifacts: &hearth_runtime::Artifacts) {
+        if let Some(dir) = &artifacts.vm_state
+            && let Ok(m) = VmManifest::read(dir)
+            && let Some(mem) = &m.memory_file
+        {
+            self.inner
+                .templates
+                .lock()
+                .expect("template cache lock is never poisoned")
+                .remove(&dir.join(mem));
+        }
+    }
+
     /// Loads a template's RAM so the first sandbox from it starts as fast as the rest.
     pub async fn warm(&self, artifacts: &hearth_runtime::Artifacts) -> Result<(), MicroVmError> {
         if let Some(dir) = &artifacts.vm_state {

@@ -85,6 +85,14 @@ impl MicroVm {
         let guest = inner.guest(req.progress).await?;
         let accel = inner.accel().await?.accel;
         let version = inner.qemu_version().await?;
+        fs::create_dir_all(req.out_dir).map_err(io_err("create", req.out_dir))?;
+        // One preparation per output directory at a time (across processes too).
+        let lock_path = req.out_dir.join(".microvm.lock");
+        let lp = lock_path.clone();
+        let _lock = tokio::task::spawn_blocking(move || fsutil::FileLock::acquire(&lp))
+            .await
+            .map_err(MicroVmError::Task)?
+            .map_err(io_err("lock", &lock_path))?;
         if let Ok(m) = VmManifest::read(&final_dir.join(VM_DIR))
             && m.recipe == TEMPLATE_RECIPE
             && final_dir.join(ROOT_IMAGE).is_file()
@@ -95,7 +103,6 @@ impl MicroVm {
         {
             return Ok(artifacts(&final_dir));
         }
-        fs::create_dir_all(req.out_dir).map_err(io_err("create", req.out_dir))?;
         let tmp = fsutil::temp_sibling(&final_dir);
         let vm_dir = tmp.join(VM_DIR);
         fs::create_dir_all(&vm_dir).map_err(io_err("create", &vm_dir))?;
