@@ -49,6 +49,36 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
+/// Removes entries of `dir` named by [`temp_sibling`] whose process is gone (a build
+/// that crashed). Best effort.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+            continue;
+        };
+        let mut parts = rest.rsplitn(3, '.');
+        let (Some(_n), Some(pid), Some(_base)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let p = e.path();
+        let _ = if p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+    }
+}
+
 /// fsyncs a directory, making renames and creations in it durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -119,6 +149,21 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn stale_temps_of_dead_processes_are_removed() {
+        let dir = std::env::temp_dir().join(format!("hearth-stale-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let live = temp_sibling(&dir.join("x"));
+        fs::write(&live, b"").unwrap();
+        // pid_max is at most 2^22: this pid cannot exist.
+        let dead = dir.join(".x.99999999.0.tmp");
+        fs::create_dir_all(&dead).unwrap();
+        fs::write(dir.join("keep"), b"").unwrap();
+        remove_stale_temps(&dir);
+        assert!(live.exists() && !dead.exists() && dir.join("keep").exists());
         fs::remove_dir_all(dir).unwrap();
     }
 

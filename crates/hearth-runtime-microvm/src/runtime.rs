@@ -186,6 +186,7 @@ impl MicroVm {
         for dir in [&root, &root.join("tmp"), &empty] {
             std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         }
+        fsutil::remove_stale_temps(&root.join("tmp"));
         // QEMU is chrooted here after dropping root: it must stay empty and unwritable.
         std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o555))
             .map_err(io_err("protect", &empty))?;

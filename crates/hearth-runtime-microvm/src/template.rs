@@ -93,6 +93,7 @@ impl MicroVm {
             .await
             .map_err(MicroVmError::Task)?
             .map_err(io_err("lock", &lock_path))?;
+        fsutil::remove_stale_temps(req.out_dir);
         if let Ok(m) = VmManifest::read(&final_dir.join(VM_DIR))
             && m.recipe == TEMPLATE_RECIPE
             && final_dir.join(ROOT_IMAGE).is_file()
