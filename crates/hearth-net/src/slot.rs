@@ -190,8 +190,9 @@ fn build(layout: &Layout, names: &SlotNames, kind: SlotKind) -> Result<(), SlotE
         vnet_hdr: true,
     };
 
-    // 1. Router namespace: no IPv6, forwarding on, (microVM) the tap; keep a socket.
-    let (mut router, tap_index) = netns::create(&names.router_ns, || {
+    // 1. Router namespace: no IPv6, forwarding on; keep a socket. (A microVM's tap is
+    //    made in step 3b: the router's eth0 must be created first, at index 2.)
+    let mut router = netns::create(&names.router_ns, || {
         write_sysctl(index, "/proc/sys/net/ipv6/conf/all/disable_ipv6", "1", true)?;
         write_sysctl(
             index,
@@ -200,20 +201,7 @@ fn build(layout: &Layout, names: &SlotNames, kind: SlotKind) -> Result<(), SlotE
             true,
         )?;
         write_sysctl(index, "/proc/sys/net/ipv4/ip_forward", "1", false)?;
-        let sock = Socket::open(SockProtocol::NetlinkRoute).map_err(nl)?;
-        let tap_index = if kind == SlotKind::MicroVm {
-            let cfg = |err| SlotError::Configure {
-                index,
-                what: format!("tap {TAP}"),
-                err,
-            };
-            create_persistent_tap(TAP, tap_opts).map_err(cfg)?;
-            let i = nix::net::if_::if_nametoindex(TAP).map_err(|e| cfg(e.into()))?;
-            Some(i32::try_from(i).map_err(|_| cfg(io::ErrorKind::InvalidData.into()))?)
-        } else {
-            None
-        };
-        Ok((sock, tap_index))
+        Socket::open(SockProtocol::NetlinkRoute).map_err(nl)
     })
     .map_err(|err| SlotError::Netns { index, err })??;
 
@@ -292,6 +280,23 @@ fn build(layout: &Layout, names: &SlotNames, kind: SlotKind) -> Result<(), SlotE
         format!("route {} via {}", names.host_addr, names.router_addr),
     );
     host.execute(batch).map_err(nl)?;
+
+    // 3b. MicroVM slots: the tap, now that eth0 holds index 2 in the router.
+    let tap_index = if kind == SlotKind::MicroVm {
+        let cfg = |err| SlotError::Configure {
+            index,
+            what: format!("tap {TAP}"),
+            err,
+        };
+        let i = netns::enter(&names.router_ns, || {
+            create_persistent_tap(TAP, tap_opts).map_err(cfg)?;
+            nix::net::if_::if_nametoindex(TAP).map_err(|e| cfg(e.into()))
+        })
+        .map_err(|err| SlotError::Netns { index, err })??;
+        Some(i32::try_from(i).map_err(|_| cfg(io::ErrorKind::InvalidData.into()))?)
+    } else {
+        None
+    };
 
     // 4. Router side: uplink address and default route, the guest-facing device.
     let mut batch = Batch::default();

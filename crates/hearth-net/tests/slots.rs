@@ -657,6 +657,23 @@ fn microvm_slot_has_a_tap_and_an_attached_tap_is_not_reused() -> Result<()> {
         ensure!(addr.contains("169.254.0.22/30"), "tap0 address: {addr}");
         let (_, link) = in_ns(&slot.router_netns, &["ip", "-o", "link", "show", "tap0"]);
         ensure!(link.contains("02:fc:00:00:00:02"), "tap0 mac: {link}");
+        // Regression: the tap was once made before the uplink and took the index the
+        // uplink's configuration assumed, so the transit address landed on tap0 and
+        // the uplink stayed down: no traffic ever reached a microVM.
+        ensure!(!addr.contains("/31"), "transit address on tap0: {addr}");
+        let (_, uplink) = in_ns(
+            &slot.router_netns,
+            &["ip", "-o", "-4", "addr", "show", "eth0"],
+        );
+        ensure!(
+            uplink.contains("/31"),
+            "router eth0 has no transit address: {uplink}"
+        );
+        let (_, uplink_link) = in_ns(&slot.router_netns, &["ip", "-o", "link", "show", "eth0"]);
+        ensure!(
+            uplink_link.contains("state UP") || uplink_link.contains(",UP"),
+            "router eth0 is down: {uplink_link}"
+        );
 
         // A stand-in VMM attaches to the tap and keeps it open.
         let attach = "import fcntl,os,struct,time\n\
