@@ -152,6 +152,15 @@ pub struct ServeArgs {
     /// An API key to register at start (also: HEARTH_API_KEY).
     #[arg(long, env = "HEARTH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Default sandbox runtime: `container`, `microvm` (a QEMU microVM per sandbox:
+    /// KVM where usable, TCG otherwise), or `auto` (microvm only where `/dev/kvm` can
+    /// boot a stock guest; see `hearth doctor`).
+    #[arg(long, value_enum, default_value = "auto", env = "HEARTH_RUNTIME")]
+    pub runtime: crate::wiring::microvm::RuntimeChoice,
+    /// Also offer template NAME: the base template pinned to the microVM runtime
+    /// (repeatable), whatever the default runtime.
+    #[arg(long = "microvm-template", value_name = "NAME")]
+    pub microvm_templates: Vec<String>,
     /// Network slots kept ready ahead of creates.
     #[arg(long, default_value_t = 16, env = "HEARTH_WARM_SLOTS")]
     pub warm_slots: usize,

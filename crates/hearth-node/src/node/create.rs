@@ -99,6 +99,10 @@ impl Node {
                 self.inner.config.max_timeout.as_secs()
             )));
         }
+        let runtime = match &template.runtime {
+            Some(name) => self.runtime_named(name)?,
+            None => self.runtime().clone(),
+        };
         let now = OffsetDateTime::now_utc();
         let id = SandboxId::generate();
         let ordinal = self.allocate_ordinal()?;
@@ -131,7 +135,7 @@ impl Node {
             env_vars: req.env_vars,
             config: serde_json::to_value(&config)
                 .map_err(|e| NodeError::internal("failed to encode sandbox config", e))?,
-            runtime: self.inner.runtime.kind().as_str().to_owned(),
+            runtime: runtime.kind().as_str().to_owned(),
             runtime_state: None,
             paused_at: None,
         };
@@ -173,10 +177,11 @@ impl Node {
     /// Takes a slot, starts the runtime instance, provisions envd and marks the
     /// sandbox running. On failure everything it took is released again.
     async fn start_instance(&self, live: &mut Live, entry: &Entry) -> Result<(), NodeError> {
+        let runtime = self.runtime_of(live);
         let slot = self
             .inner
             .network
-            .acquire(self.inner.runtime.kind(), &live.config.egress)
+            .acquire(runtime.kind(), &live.config.egress)
             .await
             .map_err(|e| {
                 NodeError::Capacity(format!("no network slot available: {}", ErrorChain(&e)))
@@ -188,11 +193,11 @@ impl Node {
                 return Err(e);
             }
         };
-        let mut instance = match self.inner.runtime.create(&spec).await {
+        let mut instance = match runtime.create(&spec).await {
             Ok(i) => i,
             Err(e) => {
                 let _ = self.inner.network.release(slot).await;
-                let _ = self.inner.runtime.remove_state_dir(&spec.state_dir);
+                let _ = runtime.remove_state_dir(&spec.state_dir);
                 return Err(e.into());
             }
         };
@@ -207,7 +212,7 @@ impl Node {
         if let Err(err) = result {
             let _ = instance.kill().await;
             let _ = self.inner.network.release(slot).await;
-            let _ = self.inner.runtime.remove_state_dir(&spec.state_dir);
+            let _ = runtime.remove_state_dir(&spec.state_dir);
             return Err(err);
         }
         entry.set_route(self.running_route(live, instance.as_ref()));

@@ -39,7 +39,7 @@ impl Node {
             tracing::error!(sandbox_id = %id, error = %ErrorChain(&err), "slot release failed");
         }
         let dir = self.inner.config.sandbox_dir(id.as_str());
-        if let Err(err) = self.inner.runtime.remove_state_dir(&dir) {
+        if let Err(err) = self.runtime_of(live).remove_state_dir(&dir) {
             tracing::error!(sandbox_id = %id, error = %ErrorChain(&err), "state dir removal failed");
         }
         if let Err(err) = self.inner.store.delete_sandbox(&id) {
@@ -91,7 +91,7 @@ impl Node {
     /// processes end, its writable layer stays.
     pub(crate) async fn freeze_to_filesystem(&self, entry: &Entry, live: &mut Live) {
         let id = live.record.id.clone();
-        debug_assert_eq!(self.inner.runtime.memory_pause(), MemoryPause::Freeze);
+        debug_assert_eq!(self.runtime_of(live).memory_pause(), MemoryPause::Freeze);
         if let Some(mut instance) = live.instance.take()
             && let Err(e) = instance.kill().await
         {

@@ -73,7 +73,8 @@ pub struct Node {
 struct Inner {
     config: NodeConfig,
     store: Store,
-    runtime: Arc<dyn Runtime>,
+    /// The runtimes sandboxes may run on; the first is the default.
+    runtimes: Vec<Arc<dyn Runtime>>,
     network: Arc<dyn Network>,
     seed: TokenSeed,
     envd: EnvdClient,
@@ -89,14 +90,20 @@ struct Inner {
 }
 
 impl Node {
-    /// Starts the node: reconciles stored sandboxes with reality, then starts the
-    /// evictor and the metrics sampler.
+    /// Starts the node over `runtimes` (the first is the default; a template may pin
+    /// another): reconciles stored sandboxes with reality, then starts the evictor and
+    /// the metrics sampler.
     pub async fn start(
         config: NodeConfig,
         store: Store,
-        runtime: Arc<dyn Runtime>,
+        runtimes: Vec<Arc<dyn Runtime>>,
         network: Arc<dyn Network>,
     ) -> Result<Self, NodeError> {
+        if runtimes.is_empty() {
+            return Err(NodeError::InvalidRequest(
+                "a node needs at least one runtime".into(),
+            ));
+        }
         for dir in [config.sandboxes_dir(), config.snapshots_dir()] {
             std::fs::create_dir_all(&dir).map_err(|e| {
                 NodeError::internal(format!("failed to create {}", dir.display()), e)
@@ -108,7 +115,7 @@ impl Node {
             inner: Arc::new(Inner {
                 config,
                 store,
-                runtime,
+                runtimes,
                 network,
                 seed,
                 envd: EnvdClient::default(),
@@ -131,9 +138,40 @@ impl Node {
         &self.inner.store
     }
 
-    /// The runtime sandboxes run on.
+    /// The default runtime.
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
-        &self.inner.runtime
+        &self.inner.runtimes[0]
+    }
+
+    /// The enabled runtime called `name` (`container`, `microvm`).
+    fn runtime_named(&self, name: &str) -> Result<Arc<dyn Runtime>, NodeError> {
+        self.inner
+            .runtimes
+            .iter()
+            .find(|r| r.kind().as_str() == name)
+            .cloned()
+            .ok_or_else(|| {
+                NodeError::Capacity(format!("the {name} runtime is not enabled on this server"))
+            })
+    }
+
+    /// The runtime a sandbox runs on (its record says which).
+    fn runtime_of(&self, live: &Live) -> Arc<dyn Runtime> {
+        self.runtime_named(&live.record.runtime)
+            .unwrap_or_else(|_| self.inner.runtimes[0].clone())
+    }
+
+    /// Removes a directory that may belong to any runtime (orphans, snapshot files):
+    /// each runtime knows its own kind of directory (a btrfs subvolume, say).
+    fn remove_any_dir(&self, dir: &std::path::Path) -> Result<(), hearth_runtime::RuntimeError> {
+        let mut last = Ok(());
+        for r in &self.inner.runtimes {
+            last = r.remove_state_dir(dir);
+            if last.is_ok() {
+                return last;
+            }
+        }
+        last
     }
 
     /// Node configuration.

@@ -45,7 +45,7 @@ impl Node {
         if live.record.state != SandboxState::Running || live.instance.is_none() {
             return Err(NodeError::Conflict(format!("sandbox {id} is not running")));
         }
-        let freeze = memory && self.inner.runtime.memory_pause() == MemoryPause::Freeze;
+        let freeze = memory && self.runtime_of(live).memory_pause() == MemoryPause::Freeze;
         let dir = self.inner.config.sandbox_dir(id.as_str()).join("pause");
         if !freeze {
             live.record.state = SandboxState::Pausing;
@@ -161,10 +161,11 @@ impl Node {
         live: &mut Live,
         paused: &PausedState,
     ) -> Result<Box<dyn hearth_runtime::Instance>, NodeError> {
+        let runtime = self.runtime_of(live);
         let slot = self
             .inner
             .network
-            .acquire(self.inner.runtime.kind(), &live.config.egress)
+            .acquire(runtime.kind(), &live.config.egress)
             .await
             .map_err(|e| {
                 NodeError::Capacity(format!("no network slot available: {}", ErrorChain(&e)))
@@ -176,7 +177,7 @@ impl Node {
                 return Err(e);
             }
         };
-        let mut instance = match self.inner.runtime.resume(&spec, paused).await {
+        let mut instance = match runtime.resume(&spec, paused).await {
             Ok(i) => i,
             Err(e) => {
                 let _ = self.inner.network.release(slot).await;

@@ -71,8 +71,10 @@ impl Node {
             }
         }
         let live: Vec<SandboxId> = self.all_entries().iter().map(|e| e.id.clone()).collect();
-        if let Err(e) = self.inner.runtime.reclaim(&live).await {
-            tracing::warn!(error = %ErrorChain(&e), "runtime reclaim failed");
+        for runtime in &self.inner.runtimes {
+            if let Err(e) = runtime.reclaim(&live).await {
+                tracing::warn!(runtime = %runtime.kind(), error = %ErrorChain(&e), "runtime reclaim failed");
+            }
         }
         self.remove_orphan_dirs(&live);
         self.gc_snapshots().await;
@@ -139,7 +141,7 @@ impl Node {
                     let recovered = self
                         .spec(live, spec_slot)
                         .ok()
-                        .and_then(|spec| self.inner.runtime.recovered_pause(&spec));
+                        .and_then(|spec| self.runtime_of(live).recovered_pause(&spec));
                     if let Some(paused) = recovered {
                         self.release_slot(live).await;
                         live.config.paused = Some(paused);
@@ -165,21 +167,17 @@ impl Node {
     async fn discard(&self, live: &mut Live) {
         let id = live.record.id.clone();
         tracing::info!(sandbox_id = %id, state = live.record.state.as_str(), "sandbox did not survive; cleaning up");
+        let runtime = self.runtime_of(live);
         if let Some(slot) = live.config.slot.clone()
             && let Ok(spec) = self.spec(live, slot)
-            && let Err(e) = self
-                .inner
-                .runtime
+            && let Err(e) = runtime
                 .cleanup(&spec, live.record.runtime_state.as_ref())
                 .await
         {
             tracing::warn!(sandbox_id = %id, error = %ErrorChain(&e), "cleanup failed");
         }
         self.release_slot(live).await;
-        let _ = self
-            .inner
-            .runtime
-            .remove_state_dir(&self.inner.config.sandbox_dir(id.as_str()));
+        let _ = runtime.remove_state_dir(&self.inner.config.sandbox_dir(id.as_str()));
         if let Err(e) = self.inner.store.delete_sandbox(&id) {
             tracing::error!(sandbox_id = %id, error = %ErrorChain(&e), "store delete failed");
         }
@@ -189,7 +187,7 @@ impl Node {
         let state = live.record.runtime_state.as_ref()?;
         let slot = live.config.slot.clone()?;
         let spec = self.spec(live, slot).ok()?;
-        match self.inner.runtime.adopt(&spec, state).await {
+        match self.runtime_of(live).adopt(&spec, state).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(sandbox_id = %live.record.id, error = %ErrorChain(&e), "adoption failed");
@@ -207,7 +205,7 @@ impl Node {
             let name = d.file_name().to_string_lossy().into_owned();
             if !live.iter().any(|id| id.as_str() == name) {
                 tracing::info!(dir = %d.path().display(), "removing orphaned sandbox directory");
-                let _ = self.inner.runtime.remove_state_dir(&d.path());
+                let _ = self.remove_any_dir(&d.path());
             }
         }
     }

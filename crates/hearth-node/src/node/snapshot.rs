@@ -62,7 +62,7 @@ impl Node {
             kind: TemplateKind::Snapshot,
             build_id: short_id(),
             names: name.into_iter().collect(),
-            runtime: Some(self.inner.runtime.kind().as_str().to_owned()),
+            runtime: Some(source.runtime.clone()),
             cpu_count: source.cpu_count,
             memory_mb: source.memory_mb,
             disk_mb: source.disk_mb,
@@ -119,7 +119,7 @@ impl Node {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&dir);
-                let _ = self.inner.runtime.remove_state_dir(&dir);
+                let _ = self.remove_any_dir(&dir);
                 Err(e.into())
             }
         }
@@ -159,7 +159,7 @@ impl Node {
             kind: TemplateKind::Snapshot,
             build_id: String::new(),
             names: vec![],
-            runtime: Some(self.inner.runtime.kind().as_str().to_owned()),
+            runtime: Some(source.runtime.clone()),
             cpu_count: source.cpu_count,
             memory_mb: source.memory_mb,
             disk_mb: source.disk_mb,
@@ -273,7 +273,7 @@ impl Node {
             if pending.contains(&dir) || referenced.iter().any(|p| p.starts_with(&dir)) {
                 continue;
             }
-            match self.inner.runtime.remove_state_dir(&dir) {
+            match self.remove_any_dir(&dir) {
                 Ok(()) => tracing::info!(dir = %dir.display(), "removed unused snapshot files"),
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %ErrorChain(&e), "snapshot files not removed")

@@ -62,7 +62,7 @@ pub fn controller_location(ctrl: &str) -> Option<&'static str> {
     v1.then_some("v1")
 }
 
-fn checks(home: &Path) -> Vec<Check> {
+fn checks(home: &Path, kvm: &KvmFinding) -> Vec<Check> {
     let mut out = Vec::new();
     let root = nix::unistd::geteuid().is_root();
     out.push(check(
@@ -148,21 +148,8 @@ fn checks(home: &Path) -> Vec<Check> {
             "nft not found (apt install nftables)",
         )),
     }
-    let kvm = kvm_report();
-    out.push(check(
-        "kvm",
-        if kvm.0 { Level::Ok } else { Level::Warn },
-        kvm.1.clone(),
-    ));
-    out.push(check(
-        "microvm accelerator",
-        Level::Ok,
-        if kvm.0 {
-            "KVM (hardware virtualization)".to_owned()
-        } else {
-            format!("TCG (software emulation): {}", kvm.1)
-        },
-    ));
+    out.push(check("kvm", kvm.level, kvm.detail.clone()));
+    out.push(check("microvm accelerator", Level::Ok, kvm.accel.clone()));
     for (tool, why) in [
         ("mmdebstrap", "builds the base template"),
         ("qemu-system-x86_64", "runs microVM sandboxes"),
@@ -208,43 +195,57 @@ fn checks(home: &Path) -> Vec<Check> {
     out
 }
 
-/// Whether KVM can run a stock guest, and why (not).
-fn kvm_report() -> (bool, String) {
-    if !Path::new("/dev/kvm").exists() {
-        return (false, "/dev/kvm does not exist".into());
-    }
-    let modules: Vec<String> = ["kvm_intel", "kvm_amd", "kvm_pvm"]
-        .iter()
-        .filter(|m| Path::new(&format!("/sys/module/{m}")).exists())
-        .map(|m| m.to_string())
-        .collect();
-    if modules.iter().any(|m| m == "kvm_pvm")
-        && !modules.iter().any(|m| m == "kvm_intel" || m == "kvm_amd")
-    {
-        return (
-            false,
-            "/dev/kvm is provided by kvm_pvm (paravirtualized KVM), which cannot boot a stock Linux guest".into(),
-        );
-    }
-    if modules.is_empty() {
-        return (
-            false,
-            "/dev/kvm exists but no kvm vendor module is loaded".into(),
-        );
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return (false, "/dev/kvm cannot be opened read-write".into());
-    }
-    (true, format!("/dev/kvm backed by {}", modules.join(", ")))
+/// What the microVM runtime found out about KVM on this host.
+struct KvmFinding {
+    level: Level,
+    detail: String,
+    accel: String,
+    usable: bool,
 }
 
-pub fn run(home: &Path) -> anyhow::Result<()> {
-    let checks = checks(home);
+/// Asks the microVM runtime, which test-boots its own guest kernel under KVM once per
+/// host (cached) — the only reliable answer: a `/dev/kvm` may exist and open and still
+/// be unable to boot a stock kernel (e.g. kvm_pvm).
+async fn kvm_finding(home: &Path) -> KvmFinding {
+    let progress = hearth_builder::ConsoleProgress::new();
+    let report = match crate::wiring::microvm::runtime(home, "hearth") {
+        Ok(vm) => crate::wiring::microvm::accel(&vm, &progress).await,
+        Err(e) => Err(e),
+    };
+    match report {
+        Ok(r) => {
+            let usable = crate::wiring::microvm::auto_picks_microvm(&r);
+            KvmFinding {
+                level: if usable { Level::Ok } else { Level::Warn },
+                detail: format!(
+                    "/dev/kvm {}; modules: {}",
+                    if r.kvm_device {
+                        "opens read-write"
+                    } else {
+                        "unusable or missing"
+                    },
+                    if r.kvm_modules.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        r.kvm_modules.join(", ")
+                    }
+                ),
+                accel: format!("{} — {}", r.accel.as_str(), r.reason),
+                usable,
+            }
+        }
+        Err(e) => KvmFinding {
+            level: Level::Warn,
+            detail: format!("cannot probe: {e:#}"),
+            accel: "unknown (the microVM runtime could not start)".into(),
+            usable: false,
+        },
+    }
+}
+
+pub async fn run(home: &Path) -> anyhow::Result<()> {
+    let kvm = kvm_finding(home).await;
+    let checks = checks(home, &kvm);
     let mut failed = false;
     for c in &checks {
         let tag = match c.level {
@@ -257,11 +258,7 @@ pub fn run(home: &Path) -> anyhow::Result<()> {
         };
         println!("[{tag}] {:<20} {}", c.name, c.detail);
     }
-    let runtime = if kvm_report().0 {
-        "microvm"
-    } else {
-        "container"
-    };
+    let runtime = if kvm.usable { "microvm" } else { "container" };
     println!("\n--runtime auto would choose: {runtime}");
     if failed {
         anyhow::bail!("some checks failed");

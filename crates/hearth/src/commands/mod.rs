@@ -16,7 +16,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Apikey { op, home } => apikey::run(op, &home),
         Command::Sandbox(args) => sandbox::run(args).await,
-        Command::Doctor { home } => doctor::run(&home),
+        Command::Doctor { home } => doctor::run(&home).await,
         Command::Bench { which } => match which {
             crate::cli::BenchOp::Envd(a) => bench::envd::run(a).await,
             crate::cli::BenchOp::Serve(a) => bench::serve::run(a).await,

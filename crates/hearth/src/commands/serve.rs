@@ -7,6 +7,7 @@
 //! the node kill its sandboxes (unless `--keep-sandboxes`) and release the network.
 
 use crate::cli::ServeArgs;
+use crate::wiring::microvm::RuntimeChoice;
 use anyhow::Context;
 use axum::body::Body;
 use hearth_api::ApiState;
@@ -36,13 +37,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.keep_sandboxes_on_exit = args.keep_sandboxes;
     config.ca_bundle = ca_bundle(&args)?;
     let mut data_volume = None;
-    let (runtime, network): (Arc<dyn Runtime>, Arc<dyn Network>) = match sim {
+    let (runtimes, network): (Vec<Arc<dyn Runtime>>, Arc<dyn Network>) = match sim {
         Some(envd) => {
             tracing::warn!("UNSAFE sim runtime: sandboxes are unisolated host processes");
             config.default_user = "root".to_owned();
             register_sim_template(&store)?;
             (
-                Arc::new(hearth_runtime_sim::SimRuntime::new(envd)),
+                vec![Arc::new(hearth_runtime_sim::SimRuntime::new(envd))],
                 Arc::new(hearth_runtime_sim::SimNetwork::default()),
             )
         }
@@ -65,9 +66,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 },
             )
             .context("failed to set up the container launcher")?;
+            let vm = match (args.runtime, args.microvm_templates.is_empty()) {
+                (RuntimeChoice::Container, true) => None,
+                _ => Some(Arc::new(crate::wiring::microvm::runtime(
+                    &home,
+                    &args.instance,
+                )?)),
+            };
+            let default_vm = match (args.runtime, &vm) {
+                (RuntimeChoice::Microvm, _) => true,
+                (RuntimeChoice::Auto, Some(vm)) => {
+                    let report = crate::wiring::microvm::accel(vm, &progress).await?;
+                    let pick = crate::wiring::microvm::auto_picks_microvm(&report);
+                    tracing::info!(
+                        runtime = if pick { "microvm" } else { "container" },
+                        accel = report.accel.as_str(),
+                        reason = %report.reason,
+                        "--runtime auto"
+                    );
+                    pick
+                }
+                _ => false,
+            };
             let pool_config = hearth_net::PoolConfig {
                 name: args.instance.clone(),
-                warm_containers: args.warm_slots,
+                warm_containers: if default_vm { 2 } else { args.warm_slots },
+                warm_microvms: match (&vm, default_vm) {
+                    (_, true) => args.warm_slots,
+                    (Some(_), false) => 2,
+                    (None, _) => 0,
+                },
                 max_slots: Some(60_000),
                 ..Default::default()
             };
@@ -78,16 +106,47 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             if !lost.is_empty() {
                 tracing::warn!(slots = ?lost, "network slots of earlier sandboxes were lost");
             }
-            (
-                Arc::new(hearth_runtime_container::ContainerRuntime::new(
-                    launcher,
-                    disk_limits,
-                )),
-                Arc::new(network),
-            )
+            let container: Arc<dyn Runtime> = Arc::new(
+                hearth_runtime_container::ContainerRuntime::new(launcher, disk_limits),
+            );
+            let mut runtimes = vec![container];
+            if let Some(vm) = &vm {
+                let nameservers = network.nameservers();
+                if default_vm {
+                    crate::wiring::microvm::prepare(
+                        vm,
+                        &home,
+                        &store,
+                        "base",
+                        "base",
+                        &nameservers,
+                        &progress,
+                    )
+                    .await?;
+                }
+                for name in &args.microvm_templates {
+                    crate::wiring::microvm::prepare(
+                        vm,
+                        &home,
+                        &store,
+                        "base",
+                        name,
+                        &nameservers,
+                        &progress,
+                    )
+                    .await?;
+                }
+                let vm: Arc<dyn Runtime> = vm.clone();
+                if default_vm {
+                    runtimes.insert(0, vm);
+                } else {
+                    runtimes.push(vm);
+                }
+            }
+            (runtimes, Arc::new(network))
         }
     };
-    let node = Node::start(config, store, runtime, network).await?;
+    let node = Node::start(config, store, runtimes, network).await?;
     let proxy = Proxy::new(node.clone(), args.domain.clone());
     let api = hearth_api::router(ApiState {
         node: node.clone(),

@@ -98,6 +98,11 @@ impl SlotNetwork {
         ))
     }
 
+    /// The nameservers sandboxes use.
+    pub fn nameservers(&self) -> Vec<Ipv4Addr> {
+        self.pool.nameservers().to_vec()
+    }
+
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Slot>> {
         self.in_use.lock().unwrap_or_else(|p| p.into_inner())
     }
