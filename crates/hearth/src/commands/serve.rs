@@ -66,6 +66,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .context("failed to set up the container launcher")?;
             let pool_config = hearth_net::PoolConfig {
                 name: args.instance.clone(),
+                ifname_prefix: ifname_prefix(&args.instance),
+                host_cidr: args.host_cidr,
+                transit_cidr: args.transit_cidr,
                 warm_containers: args.warm_slots,
                 max_slots: Some(hearth_runtime_container::MAX_SLOT_INDEX.min(60_000)),
                 ..Default::default()
@@ -173,6 +176,19 @@ fn ensure_data_volume(
     )
 }
 
+/// The prefix of the instance's host-side slot interfaces. The pool matches its
+/// interfaces by prefix, so instances need prefixes none of which is a prefix of
+/// another: the default instance keeps `hv`, any other gets `h` + 6 hex digits of a
+/// hash of its name (hex has no `v`, and equal lengths cannot nest).
+fn ifname_prefix(instance: &str) -> String {
+    use sha2::{Digest, Sha256};
+    if instance == "hearth" {
+        return "hv".to_owned();
+    }
+    let digest = Sha256::digest(instance.as_bytes());
+    format!("h{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2])
+}
+
 /// The extra CAs sandboxes trust: `--ca-bundle`, else the host's locally added ones.
 fn ca_bundle(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     if args.no_host_cas {
@@ -270,5 +286,31 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_instance_keeps_the_historic_interface_prefix() {
+        assert_eq!(ifname_prefix("hearth"), "hv");
+    }
+
+    #[test]
+    fn instance_prefixes_never_nest() {
+        let names = [
+            "hearth", "hct1", "hct12", "hct123", "a", "b", "test", "testx",
+        ];
+        let prefixes: Vec<String> = names.iter().map(|n| ifname_prefix(n)).collect();
+        for (i, a) in prefixes.iter().enumerate() {
+            assert!(a.len() <= 8, "{a} is too long for an interface prefix");
+            for (j, b) in prefixes.iter().enumerate() {
+                if i != j {
+                    assert!(!b.starts_with(a.as_str()), "{a} is a prefix of {b}");
+                }
+            }
+        }
     }
 }
