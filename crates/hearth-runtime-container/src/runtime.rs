@@ -52,6 +52,12 @@ impl ContainerRuntime {
         }
     }
 
+    /// Removes the runtime's parent cgroups once every sandbox is gone (shutdown
+    /// without `--keep-sandboxes`); see [`Launcher::remove_parent_cgroups`].
+    pub fn remove_parent_cgroups(&self) -> Result<(), crate::ContainerError> {
+        self.launcher.remove_parent_cgroups()
+    }
+
     fn container_spec(&self, spec: &SandboxSpec) -> Result<ContainerSpec, RuntimeError> {
         let first = UID_BASE_RANGE
             .checked_add(spec.slot.index)

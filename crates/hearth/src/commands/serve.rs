@@ -4,7 +4,8 @@
 //!
 //! Start-up order: store → API keys → network → runtime → templates → node
 //! (reconciles leftovers) → listener. Shut-down (SIGTERM/SIGINT): stop accepting, let
-//! the node kill its sandboxes (unless `--keep-sandboxes`) and release the network.
+//! the node kill its sandboxes (unless `--keep-sandboxes`) and release the network,
+//! then remove the runtime's parent cgroups and unmount the data volume.
 
 use crate::cli::ServeArgs;
 use anyhow::Context;
@@ -35,6 +36,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.keep_sandboxes_on_exit = args.keep_sandboxes;
     config.ca_bundle = ca_bundle(&args)?;
     let mut data_volume = None;
+    let mut container_runtime = None;
     let (runtime, network): (Arc<dyn Runtime>, Arc<dyn Network>) = match sim {
         Some(envd) => {
             tracing::warn!("UNSAFE sim runtime: sandboxes are unisolated host processes");
@@ -80,13 +82,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             if !lost.is_empty() {
                 tracing::warn!(slots = ?lost, "network slots of earlier sandboxes were lost");
             }
-            (
-                Arc::new(hearth_runtime_container::ContainerRuntime::new(
-                    launcher,
-                    disk_limits,
-                )),
-                Arc::new(network),
-            )
+            let runtime = Arc::new(hearth_runtime_container::ContainerRuntime::new(
+                launcher,
+                disk_limits,
+            ));
+            container_runtime = Some(runtime.clone());
+            (runtime, Arc::new(network))
         }
     };
     let node = Node::start(config, store, runtime, network).await?;
@@ -147,6 +148,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     node.shutdown().await;
+    if let Some(runtime) = container_runtime
+        && !args.keep_sandboxes
+        && let Err(e) = runtime.remove_parent_cgroups()
+    {
+        tracing::warn!(error = %hearth_types::ErrorChain(&e), "cgroup parent stays");
+    }
     if let Some(volume) = data_volume
         && !args.keep_sandboxes
         && let Err(e) = volume.unmount()
