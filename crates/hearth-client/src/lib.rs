@@ -189,6 +189,88 @@ impl Api {
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// Pauses a sandbox (`memory`: keep memory and processes).
+    pub async fn pause(&self, id: &str, memory: bool) -> Result<(), ClientError> {
+        let (status, bytes) = self
+            .call(
+                http::Method::POST,
+                &format!("/sandboxes/{id}/pause"),
+                Some(serde_json::json!({"memory": memory})),
+            )
+            .await?;
+        if status == 404 {
+            return Err(ClientError::Status {
+                url: format!("/sandboxes/{id}/pause"),
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Connects to (and resumes, if paused) a sandbox for `timeout` seconds.
+    pub async fn connect(&self, id: &str, timeout: u64) -> Result<(), ClientError> {
+        let (status, bytes) = self
+            .call(
+                http::Method::POST,
+                &format!("/v2/sandboxes/{id}/connect"),
+                Some(serde_json::json!({"timeout": timeout})),
+            )
+            .await?;
+        if status == 404 {
+            return Err(ClientError::Status {
+                url: format!("/v2/sandboxes/{id}/connect"),
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Snapshots a sandbox; returns the snapshot id.
+    pub async fn snapshot(&self, id: &str) -> Result<String, ClientError> {
+        let (status, bytes) = self
+            .call(
+                http::Method::POST,
+                &format!("/sandboxes/{id}/snapshots"),
+                Some(serde_json::json!({})),
+            )
+            .await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if status == 404 {
+            return Err(ClientError::Status {
+                url: format!("/sandboxes/{id}/snapshots"),
+                status,
+                body: v.to_string(),
+            });
+        }
+        Ok(v["snapshotID"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Forks a sandbox into `count` copies; returns their ids.
+    pub async fn fork(&self, id: &str, count: usize) -> Result<Vec<String>, ClientError> {
+        let (status, bytes) = self
+            .call(
+                http::Method::POST,
+                &format!("/sandboxes/{id}/fork"),
+                Some(serde_json::json!({"count": count, "timeout": 300})),
+            )
+            .await?;
+        let v: Vec<serde_json::Value> =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if status == 404 {
+            return Err(ClientError::Status {
+                url: format!("/sandboxes/{id}/fork"),
+                status,
+                body: String::new(),
+            });
+        }
+        Ok(v.iter()
+            .filter_map(|r| r["sandbox"]["sandboxID"].as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// The latest `memUsed` sample of a sandbox, if any.
     pub async fn latest_metric(&self, id: &str) -> Result<Option<u64>, ClientError> {
         let (status, bytes) = self

@@ -21,6 +21,9 @@ pub struct NodeConfig {
     pub metrics_history: usize,
     /// Leave running sandboxes alive when hearth exits (they are re-adopted on start).
     pub keep_sandboxes_on_exit: bool,
+    /// Largest sandbox ordinal the runtime accepts (bounds how many sandboxes,
+    /// running or paused, the node holds).
+    pub max_ordinal: u32,
     /// PEM certificates every sandbox trusts in addition to its image's (e.g. the
     /// host's TLS-intercepting egress proxy), sent as `/init`'s `caBundle`.
     pub ca_bundle: Option<String>,
@@ -38,12 +41,24 @@ impl NodeConfig {
             metrics_history: 720,
             keep_sandboxes_on_exit: false,
             ca_bundle: None,
+            max_ordinal: u32::MAX,
         }
+    }
+
+    /// The data volume: sandboxes' state and snapshots, on one filesystem so a
+    /// snapshot can be a copy-on-write copy of a sandbox's state.
+    pub fn data_dir(&self) -> PathBuf {
+        self.home.join("data")
     }
 
     /// Where sandboxes keep their state.
     pub fn sandboxes_dir(&self) -> PathBuf {
-        self.home.join("sandboxes")
+        self.data_dir().join("sandboxes")
+    }
+
+    /// Where snapshot (and fork) artifacts live.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.data_dir().join("snapshots")
     }
 
     /// The state dir of one sandbox.

@@ -2,7 +2,7 @@
 //! One sandbox known to the node, and the routing view the proxy reads.
 
 use crate::metrics::Sample;
-use hearth_runtime::{Instance, NetSlot, PausedState};
+use hearth_runtime::{Artifacts, Instance, NetSlot, PausedState};
 use hearth_store::SandboxRecord;
 use hearth_types::SandboxId;
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,11 @@ pub struct SandboxConfig {
     pub slot: Option<NetSlot>,
     /// The pause to resume from while paused.
     pub paused: Option<PausedState>,
+    /// Unique among the node's sandboxes and stable for this one's life.
+    pub ordinal: u32,
+    /// What the sandbox starts from, resolved at creation (its template's or
+    /// snapshot's artifacts), so deleting a template never strands it.
+    pub artifacts: Option<Artifacts>,
 }
 
 /// How the proxy may reach a sandbox right now.
@@ -85,7 +90,7 @@ pub(crate) struct Live {
 pub(crate) struct Entry {
     pub id: SandboxId,
     /// Serialises life-cycle operations on this sandbox.
-    pub live: tokio::sync::Mutex<Live>,
+    pub live: std::sync::Arc<tokio::sync::Mutex<Live>>,
     /// What the proxy sees; updated by operations.
     pub route: RwLock<Route>,
     /// `end_at` in unix ms, readable by the evictor without the lock.
@@ -99,7 +104,7 @@ impl Entry {
         let end_ms = to_ms(live.record.end_at);
         Self {
             id: live.record.id.clone(),
-            live: tokio::sync::Mutex::new(live),
+            live: std::sync::Arc::new(tokio::sync::Mutex::new(live)),
             route: RwLock::new(route),
             end_ms: AtomicI64::new(end_ms),
             samples: Mutex::new(VecDeque::new()),

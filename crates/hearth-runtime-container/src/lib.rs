@@ -55,6 +55,7 @@ mod plan;
 mod rootfs;
 mod runtime;
 mod security;
+mod snapshot;
 mod spec;
 mod volume;
 
@@ -62,8 +63,9 @@ pub use cgroups::CgroupError;
 pub use container::{Container, ContainerStats, Exit, Persisted, remove_state_dir};
 pub use launcher::{Launcher, LauncherConfig};
 pub use rootfs::RootfsError;
-pub use runtime::{ContainerRuntime, ENVD_PATH, MAX_SLOT_INDEX};
+pub use runtime::{ContainerRuntime, ENVD_PATH, MAX_ORDINAL};
 pub use security::{DEFAULT_CAPABILITIES, SecurityError, seccomp_policy};
+pub use snapshot::{SnapshotError, snapshot};
 pub use spec::{ContainerSpec, IdRange, Limits, SpecError};
 pub use volume::{DataVolume, VolumeError, ensure_data_volume, supports_disk_limits};
 
@@ -160,6 +162,9 @@ pub enum ContainerError {
         #[source]
         err: io::Error,
     },
+    /// A snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// Launch failed, and cleaning up after it failed as well.
     #[error("launch failed and so did its cleanup: {cleanup}")]
     LaunchCleanup {

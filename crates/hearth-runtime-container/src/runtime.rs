@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The container runtime behind Hearth's runtime seam (`hearth_runtime::Runtime`).
 //!
-//! Each sandbox: its network slot's guest namespace, a host uid range chosen by slot
-//! index (slots are exclusive, so ranges never overlap), the template's layers as the
+//! Each sandbox: its network slot's guest namespace, a host uid range chosen by the
+//! sandbox's ordinal (unique and stable for its life), the template's layers as the
 //! overlay's lower layers, and `hearth-envd` as PID 1 logging into
 //! `<state_dir>/envd.log`. Pause is filesystem-only (the writable layer stays in the
 //! state directory and the next launch reuses it) or a freeze in place.
@@ -10,8 +10,8 @@
 use crate::{Container, ContainerSpec, IdRange, Launcher, Limits, Persisted};
 use async_trait::async_trait;
 use hearth_runtime::{
-    ENVD_PORT, Instance, MemoryPause, PauseMode, PausedState, Runtime, RuntimeError, RuntimeKind,
-    SandboxSpec, Stats,
+    Artifacts, ENVD_PORT, Instance, MemoryPause, PauseMode, PausedState, Runtime, RuntimeError,
+    RuntimeKind, SandboxSpec, Snapshot, Stats,
 };
 use hearth_types::SandboxId;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,12 +22,12 @@ use std::time::Duration;
 /// Where envd lives inside every template (the builder puts it there).
 pub const ENVD_PATH: &str = "/usr/bin/hearth-envd";
 
-/// The first host uid of slot 0's range; ranges are 65536 ids each. Keeps clear of
-/// the host's own users and of the usual `/etc/subuid` allocations (100000…).
+/// The range number of ordinal 0; ranges are 65536 ids each. Keeps clear of the
+/// host's own users and of the usual `/etc/subuid` allocations (100000…).
 const UID_BASE_RANGE: u32 = 16;
 
-/// Slot indices whose uid range fits in `u32`.
-pub const MAX_SLOT_INDEX: u32 = u32::MAX / 65536 - UID_BASE_RANGE;
+/// Sandbox ordinals whose uid range fits in `u32`.
+pub const MAX_ORDINAL: u32 = u32::MAX / 65536 - UID_BASE_RANGE;
 
 /// How long `create` waits for envd to answer.
 const ENVD_READY: Duration = Duration::from_secs(20);
@@ -59,13 +59,15 @@ impl ContainerRuntime {
     }
 
     fn container_spec(&self, spec: &SandboxSpec) -> Result<ContainerSpec, RuntimeError> {
+        // The range follows the sandbox (its ordinal), not the slot: a resumed sandbox
+        // gets another slot but must see its kept files owned by the same ids.
         let first = UID_BASE_RANGE
-            .checked_add(spec.slot.index)
+            .checked_add(spec.ordinal)
             .and_then(|r| r.checked_mul(65536))
             .ok_or_else(|| {
                 RuntimeError::create(
                     &spec.id,
-                    format!("slot index {} has no uid range", spec.slot.index),
+                    format!("ordinal {} has no uid range", spec.ordinal),
                 )
             })?;
         let id_range = IdRange::new(first).map_err(|e| RuntimeError::create(&spec.id, e))?;
@@ -199,6 +201,15 @@ impl Runtime for ContainerRuntime {
         }
     }
 
+    /// A filesystem pause needs nothing beyond the writable layer, which stays in the
+    /// state directory: if it is there, the sandbox can boot over it.
+    fn recovered_pause(&self, spec: &SandboxSpec) -> Option<PausedState> {
+        spec.state_dir.join("upper").is_dir().then(|| PausedState {
+            mode: PauseMode::Filesystem,
+            data: serde_json::json!({}),
+        })
+    }
+
     async fn reclaim(&self, live: &[SandboxId]) -> Result<(), RuntimeError> {
         let live: Vec<String> = live.iter().map(|id| id.to_string()).collect();
         let launcher = self.launcher.clone();
@@ -314,5 +325,26 @@ impl Instance for ContainerInstance {
 
     async fn unfreeze(&mut self) -> Result<(), RuntimeError> {
         self.with("thaw", |c| c.thaw()).await
+    }
+
+    fn is_frozen(&self) -> bool {
+        let c = self.container.lock().unwrap_or_else(|p| p.into_inner());
+        c.is_frozen().unwrap_or(false)
+    }
+
+    /// Containers snapshot their files only: memory and processes are not kept, and
+    /// the mode says so.
+    async fn snapshot(&mut self, _memory: bool, dir: &Path) -> Result<Snapshot, RuntimeError> {
+        let dest = dir.to_owned();
+        let layer = self
+            .with("snapshot", move |c| crate::snapshot(c, &dest))
+            .await?;
+        Ok(Snapshot {
+            mode: PauseMode::Filesystem,
+            artifacts: Artifacts {
+                layers: vec![layer],
+                ..Default::default()
+            },
+        })
     }
 }

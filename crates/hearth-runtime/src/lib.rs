@@ -75,7 +75,7 @@ pub struct Resources {
 /// What a template (or snapshot) build provides for starting sandboxes.
 ///
 /// Paths are absolute and read-only for runtimes: a template is never written.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifacts {
     /// Root filesystem layers, upper-most first (overlayfs `lowerdir` order).
     #[serde(default)]
@@ -91,7 +91,7 @@ pub struct Artifacts {
 /// The network slot a sandbox runs in (see `hearth-net`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetSlot {
-    /// Slot number; also selects the container's host uid range.
+    /// Slot number.
     pub index: u32,
     /// Which runtime the slot is laid out for.
     pub kind: RuntimeKind,
@@ -122,6 +122,10 @@ pub struct SandboxSpec {
     pub resources: Resources,
     /// Network slot.
     pub slot: NetSlot,
+    /// A number unique among the node's sandboxes (running or paused) and stable for
+    /// the sandbox's whole life, pauses included (containers derive their host uid
+    /// range from it, so kept files stay owned by the right ids).
+    pub ordinal: u32,
     /// Directory owned by this sandbox (`$HEARTH_HOME/sandboxes/<id>`).
     pub state_dir: PathBuf,
     /// Hostname inside the sandbox.
@@ -164,6 +168,34 @@ pub struct PausedState {
     pub mode: PauseMode,
     /// Runtime-specific description of the artifacts (paths under the state dir).
     pub data: serde_json::Value,
+}
+
+/// A snapshot of a running sandbox, taken by [`Instance::snapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// What it preserved: `Full` includes memory and processes.
+    pub mode: PauseMode,
+    /// Its artifacts, relative to the sandbox's template: `layers` go on top of the
+    /// template's layers; `disk_image` and `vm_state`, when set, replace the
+    /// template's.
+    pub artifacts: Artifacts,
+}
+
+impl Artifacts {
+    /// These artifacts with a snapshot's on top (see [`Snapshot::artifacts`]).
+    pub fn with_snapshot(&self, snap: &Artifacts) -> Artifacts {
+        let mut layers = snap.layers.clone();
+        layers.extend(self.layers.iter().cloned());
+        Artifacts {
+            layers,
+            disk_image: snap.disk_image.clone().or_else(|| self.disk_image.clone()),
+            vm_state: if snap.disk_image.is_some() || snap.vm_state.is_some() {
+                snap.vm_state.clone()
+            } else {
+                self.vm_state.clone()
+            },
+        }
+    }
 }
 
 /// A runtime failure.
@@ -285,6 +317,13 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
         paused: &PausedState,
     ) -> Result<Box<dyn Instance>, RuntimeError>;
 
+    /// A pause of this sandbox that completed on disk although the node never
+    /// recorded it (hearth crashed at the end of a pause). `None`: there is none.
+    fn recovered_pause(&self, spec: &SandboxSpec) -> Option<PausedState> {
+        let _ = spec;
+        None
+    }
+
     /// Removes what sandboxes unknown to the node left behind (a crash between launch
     /// and the store write): `live` are the sandboxes the node keeps.
     async fn reclaim(&self, live: &[SandboxId]) -> Result<(), RuntimeError> {
@@ -328,6 +367,21 @@ pub trait Instance: Send + Sync + fmt::Debug {
     /// [`MemoryPause::Freeze`] pause, which the node must keep as an instance) and the
     /// returned state resumes it; on failure it keeps running.
     async fn pause(&mut self, memory: bool, dir: &Path) -> Result<PausedState, RuntimeError>;
+
+    /// Copies the sandbox's state into `dir` (which must not exist; the runtime creates
+    /// it) as artifacts new sandboxes can start from. The sandbox keeps running.
+    async fn snapshot(&mut self, memory: bool, dir: &Path) -> Result<Snapshot, RuntimeError> {
+        let _ = (memory, dir);
+        Err(RuntimeError::Unavailable {
+            runtime: RuntimeKind::Container,
+            reason: "this instance cannot be snapshotted".into(),
+        })
+    }
+
+    /// Whether the instance is frozen in place (a [`MemoryPause::Freeze`] pause).
+    fn is_frozen(&self) -> bool {
+        false
+    }
 
     /// Undoes a [`MemoryPause::Freeze`] pause: the processes continue.
     async fn unfreeze(&mut self) -> Result<(), RuntimeError> {
@@ -377,5 +431,35 @@ pub async fn wait_for_envd(
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_layers_go_on_top_and_images_replace() {
+        let base = Artifacts {
+            layers: vec!["/envd".into(), "/debian".into()],
+            disk_image: Some("/base.ext4".into()),
+            vm_state: Some("/base.vmstate".into()),
+        };
+        let container = base.with_snapshot(&Artifacts {
+            layers: vec!["/snap".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            container.layers,
+            vec![PathBuf::from("/snap"), "/envd".into(), "/debian".into()]
+        );
+        assert_eq!(container.vm_state, base.vm_state);
+        let vm = base.with_snapshot(&Artifacts {
+            layers: vec![],
+            disk_image: Some("/snap.qcow2".into()),
+            vm_state: None,
+        });
+        assert_eq!(vm.disk_image, Some("/snap.qcow2".into()));
+        assert_eq!(vm.vm_state, None);
     }
 }

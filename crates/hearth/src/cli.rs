@@ -54,6 +54,8 @@ pub enum BenchOp {
     Envd(crate::commands::bench::envd::EnvdBenchArgs),
     /// A real server: create latency and throughput, memory per sandbox, proxy.
     Serve(crate::commands::bench::serve::ServeBenchArgs),
+    /// Pause/resume latency, snapshot sizes and fork latency.
+    Pause(crate::commands::bench::pause::PauseBenchArgs),
 }
 
 /// `hearth sandbox` flags.

@@ -20,6 +20,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench { which } => match which {
             crate::cli::BenchOp::Envd(a) => bench::envd::run(a).await,
             crate::cli::BenchOp::Serve(a) => bench::serve::run(a).await,
+            crate::cli::BenchOp::Pause(a) => bench::pause::run(a).await,
         },
     }
 }

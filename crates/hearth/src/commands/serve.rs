@@ -33,6 +33,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     register_keys(&store, &args)?;
 
     let mut config = NodeConfig::new(args.home.clone());
+    config.max_ordinal = hearth_runtime_container::MAX_ORDINAL;
     config.keep_sandboxes_on_exit = args.keep_sandboxes;
     config.ca_bundle = ca_bundle(&args)?;
     let mut data_volume = None;
@@ -72,7 +73,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 host_cidr: args.host_cidr,
                 transit_cidr: args.transit_cidr,
                 warm_containers: args.warm_slots,
-                max_slots: Some(hearth_runtime_container::MAX_SLOT_INDEX.min(60_000)),
+                max_slots: Some(60_000),
                 ..Default::default()
             };
             let adopt = Node::adoptable_slots(&store)?;
@@ -164,13 +165,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mounts the btrfs data volume that enforces per-sandbox disk limits at the
-/// sandboxes directory (a sparse image under `$HEARTH_HOME`).
+/// Mounts the btrfs data volume (sandbox state with per-sandbox disk limits, and
+/// snapshots as copy-on-write copies of it) at `$HEARTH_HOME/data`, from a sparse
+/// image under `$HEARTH_HOME`.
 fn ensure_data_volume(
     config: &NodeConfig,
     size_gb: u64,
 ) -> anyhow::Result<hearth_runtime_container::DataVolume> {
-    let image = config.home.join("sandboxes.btrfs");
+    let image = config.home.join("data.btrfs");
     let size = if size_gb > 0 {
         size_gb << 30
     } else {
@@ -178,7 +180,7 @@ fn ensure_data_volume(
         let free = st.blocks_available() * st.fragment_size();
         (free / 10 * 8).clamp(1 << 30, 256 << 30)
     };
-    hearth_runtime_container::ensure_data_volume(&config.sandboxes_dir(), &image, size).context(
+    hearth_runtime_container::ensure_data_volume(&config.data_dir(), &image, size).context(
         "failed to mount the sandbox data volume (use --no-disk-limits to run without disk limits)",
     )
 }

@@ -5,6 +5,7 @@
 //! compared across runs; `BENCHMARKS.md` records them with the machine and date.
 
 pub mod envd;
+pub mod pause;
 pub mod serve;
 
 use serde::Serialize;
@@ -82,6 +83,14 @@ impl Row {
             latency: Some(s),
             value: None,
             unit: "ms".into(),
+        }
+    }
+
+    /// A latency row with neither a target nor a baseline role.
+    pub fn measured(name: &str, s: Summary) -> Self {
+        Self {
+            target: "-".into(),
+            ..Self::latency(name, s, None)
         }
     }
 

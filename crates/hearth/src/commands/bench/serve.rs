@@ -37,13 +37,13 @@ pub struct ServeBenchArgs {
     pub json: Option<PathBuf>,
 }
 
-struct Server {
+pub(crate) struct Server {
     child: tokio::process::Child,
-    api: Api,
+    pub(crate) api: Api,
 }
 
 impl Server {
-    async fn start(args: &ServeBenchArgs) -> anyhow::Result<Self> {
+    pub(crate) async fn start(args: &ServeBenchArgs) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -80,7 +80,7 @@ impl Server {
         Ok(Self { child, api })
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
