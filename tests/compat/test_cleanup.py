@@ -38,7 +38,7 @@ def host_state(server: ServeServer) -> dict[str, object]:
         "cgroups": cgroup_children(server.instance),
         "mounts": len(mounts_mentioning(server.home)),
         "processes": sorted(processes_of(server.instance, server.home)),
-        "state dirs": sorted(p.name for p in (server.home / "sandboxes").iterdir()),
+        "state dirs": sorted(p.name for p in server.sandboxes_dir.iterdir()),
     }
 
 
@@ -135,5 +135,5 @@ def test_100_create_kill_cycles_leave_nothing(serve_server: ServeServer):
     assert {s.sandbox_id for s in Sandbox.list().next_items()} == mine
     assert server_fds(serve_server) <= fds_before + 4, (fds_before, server_fds(serve_server))
     # Every sandbox's state directory is gone; only live ones remain.
-    dirs = set(Path(serve_server.home / "sandboxes").iterdir())
+    dirs = set(serve_server.sandboxes_dir.iterdir())
     assert {d.name for d in dirs} == mine

@@ -129,7 +129,7 @@ def test_sandbox_that_died_while_the_server_was_down_is_cleaned_up(server: Serve
         str(d) for d in CGROUP_ROOT.glob(f"*/{server.instance}/{doomed.sandbox_id}")
     ]
     assert leftover_cgroups == []
-    assert not (server.home / "sandboxes" / doomed.sandbox_id).exists()
+    assert not (server.sandboxes_dir / doomed.sandbox_id).exists()
     guest = Path(f"/run/netns/{server.instance}-g{slot}")
     assert processes_in_netns(guest) == [], f"slot {slot} is still in use"
     # The survivor is fine, and the freed slot is usable again.

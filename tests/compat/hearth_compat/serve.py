@@ -259,6 +259,11 @@ class ServeServer:
         return {"api_key": self.api_key, "api_url": self.url, "sandbox_url": self.url}
 
     @property
+    def sandboxes_dir(self) -> Path:
+        """Where the server keeps sandboxes' state directories (on its data volume)."""
+        return self.home / "data" / "sandboxes"
+
+    @property
     def ifname_prefix(self) -> str:
         """The prefix of the server's host-side slot interfaces (as `hearth serve`
         derives it from the instance name)."""
@@ -392,7 +397,7 @@ class ServeServer:
             problems.append(f"mounts: {m}")
         if p := processes_of(self.instance, self.home):
             problems.append(f"processes: {p}")
-        image = self.home / "sandboxes.btrfs"
+        image = self.home / "data.btrfs"
         loops = subprocess.run(
             ["losetup", "--associated", str(image)], capture_output=True, text=True
         ).stdout.strip()
