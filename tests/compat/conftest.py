@@ -14,7 +14,12 @@ private network namespace). Fixtures:
 - `raw`: an httpx client aimed at the same envd, with routing/token headers.
 - `name`: a unique name for files and directories a test creates.
 - Mark a test `@pytest.mark.envd_only` when it needs harness access to the sandbox
-  internals that only envd mode has (e.g. mounting a tiny tmpfs).
+  internals that only envd mode has (e.g. mounting a tiny tmpfs);
+  `@pytest.mark.serve_only` when it needs `hearth serve` (the API, the proxy, real
+  isolation). A module can set `pytestmark` to either.
+- `serve_server` (one per session, serve mode only, else None): the running
+  `hearth serve` (hearth_compat/serve.py). At the end of the session it gets SIGTERM
+  and must exit 0 leaving no namespace, nftables table, cgroup, mount or process.
 """
 
 from __future__ import annotations
@@ -30,20 +35,49 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from hearth_compat.backend import Backend, make_backend  # noqa: E402
+from hearth_compat.serve import ServeServer, reap_stale  # noqa: E402
+
+MODE = os.environ.get("HEARTH_COMPAT_MODE", "envd")
 
 
 def pytest_configure(config):
-    if os.environ.get("HEARTH_COMPAT_NETNS") != "1":
+    if os.environ.get("HEARTH_COMPAT_RUNNER") != "1" or (
+        MODE == "envd" and os.environ.get("HEARTH_COMPAT_NETNS") != "1"
+    ):
         pytest.exit(
             "run the compatibility suite through tests/compat/run "
-            "(it sets up the venv, the layers and a private network namespace)",
+            "(it sets up the venv, the layers, the binaries and, in envd mode, a "
+            "private network namespace)",
             returncode=2,
         )
 
 
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("envd_only") and MODE != "envd":
+        pytest.skip("needs envd mode (harness access to the sandbox internals)")
+    if item.get_closest_marker("serve_only") and MODE != "serve":
+        pytest.skip("needs serve mode (HEARTH_COMPAT_MODE=serve)")
+
+
+@pytest.fixture(scope="session")
+def serve_server():
+    if MODE != "serve":
+        yield None
+        return
+    reap_stale()
+    server = ServeServer(f"hct{os.getpid()}")
+    server.start()
+    os.environ.pop("E2B_DEBUG", None)
+    os.environ["E2B_API_URL"] = server.url
+    os.environ["E2B_SANDBOX_URL"] = server.url
+    os.environ["E2B_API_KEY"] = server.api_key
+    yield server
+    server.stop_and_check()
+
+
 @pytest.fixture(scope="module")
-def backend():
-    b = make_backend()
+def backend(serve_server):
+    b = make_backend(serve_server)
     yield b
     b.close()
 

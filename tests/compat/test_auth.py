@@ -2,7 +2,9 @@
 """Access token and signed file URLs (§2.7): once /init sets a token, every request
 needs it, except /files which also accepts a valid, unexpired signature.
 
-This module sets a token on its sandbox, so it runs on a sandbox of its own."""
+In envd mode this module sets a token on its sandbox through /init, so it runs on a
+sandbox of its own; in serve mode the sandbox already has the token `hearth serve`
+gave it (the SDK's default `secure=True`), and requests go through the proxy."""
 
 from __future__ import annotations
 
@@ -33,19 +35,23 @@ def test_signature_matches_the_protocol_test_vector():
 
 
 @pytest.fixture(scope="module")
-def secured(backend):
-    """The module's envd with an access token set through /init."""
-    if backend.mode != "envd":
-        pytest.skip("sets the token through envd's /init directly")
-    r = httpx.post(f"{backend.envd_url}/init", json={"accessToken": TOKEN}, timeout=10)
-    assert r.status_code == 204, r.text
-    backend.access_token = TOKEN
-    return backend
+def token(backend) -> str:
+    """The module's envd access token: set through /init in envd mode, the one
+    `hearth serve` provisioned in serve mode."""
+    if backend.mode == "envd":
+        r = httpx.post(f"{backend.envd_url}/init", json={"accessToken": TOKEN}, timeout=10)
+        assert r.status_code == 204, r.text
+        backend.access_token = TOKEN
+    assert backend.access_token, "the sandbox has no access token"
+    return backend.access_token
 
 
 @pytest.fixture
-def anon(secured):
-    with httpx.Client(base_url=secured.envd_url, timeout=30) as client:
+def anon(backend, token):
+    """A client that reaches the sandbox's envd without credentials."""
+    with httpx.Client(
+        base_url=backend.envd_url, headers=backend.routing_headers(), timeout=30
+    ) as client:
         yield client
 
 
@@ -64,11 +70,11 @@ def test_rpc_with_wrong_token_is_401(anon: httpx.Client):
     assert r.status_code == 401
 
 
-def test_rpc_with_token_works(anon: httpx.Client):
+def test_rpc_with_token_works(anon: httpx.Client, token: str):
     r = anon.post(
         "/filesystem.Filesystem/Stat",
         json={"path": "/"},
-        headers={**unary_headers(), "X-Access-Token": TOKEN},
+        headers={**unary_headers(), "X-Access-Token": token},
     )
     assert r.status_code == 200, r.text
 
@@ -89,26 +95,26 @@ def test_files_with_bad_signature_is_401(anon: httpx.Client):
     assert r.json() == {"code": 401, "message": "invalid signature"}
 
 
-def test_files_with_signature_for_another_path_is_401(anon: httpx.Client):
-    sig = sign("/etc/passwd", "read", "", TOKEN)
+def test_files_with_signature_for_another_path_is_401(anon: httpx.Client, token: str):
+    sig = sign("/etc/passwd", "read", "", token)
     r = anon.get("/files", params={"path": "/etc/hostname", "signature": sig})
     assert r.status_code == 401
 
 
-def test_files_with_valid_signature_reads(anon: httpx.Client):
+def test_files_with_valid_signature_reads(backend, anon: httpx.Client, token: str):
     exp = int(time.time()) + 300
-    sig = sign("/etc/hostname", "read", "", TOKEN, exp)
+    sig = sign("/etc/hostname", "read", "", token, exp)
     r = anon.get(
         "/files",
         params={"path": "/etc/hostname", "signature": sig, "signature_expiration": exp},
     )
     assert r.status_code == 200, r.text
-    assert r.text == "hearth\n"
+    assert r.text == f"{backend.hostname}\n"
 
 
-def test_files_with_expired_signature_is_401_with_exact_body(anon: httpx.Client):
+def test_files_with_expired_signature_is_401_with_exact_body(anon: httpx.Client, token: str):
     exp = int(time.time()) - 60
-    sig = sign("/etc/hostname", "read", "", TOKEN, exp)
+    sig = sign("/etc/hostname", "read", "", token, exp)
     r = anon.get(
         "/files",
         params={"path": "/etc/hostname", "signature": sig, "signature_expiration": exp},
@@ -117,8 +123,8 @@ def test_files_with_expired_signature_is_401_with_exact_body(anon: httpx.Client)
     assert r.json() == {"code": 401, "message": "signature is already expired"}
 
 
-def test_signed_upload_as_root(anon: httpx.Client):
-    sig = sign("/tmp/signed.txt", "write", "root", TOKEN)
+def test_signed_upload_as_root(anon: httpx.Client, token: str):
+    sig = sign("/tmp/signed.txt", "write", "root", token)
     r = anon.post(
         "/files",
         params={"path": "/tmp/signed.txt", "username": "root", "signature": sig},
@@ -129,8 +135,8 @@ def test_signed_upload_as_root(anon: httpx.Client):
     assert r.json()[0]["path"] == "/tmp/signed.txt"
 
 
-def test_read_signature_does_not_allow_writes(anon: httpx.Client):
-    sig = sign("/tmp/nope.txt", "read", "", TOKEN)
+def test_read_signature_does_not_allow_writes(anon: httpx.Client, token: str):
+    sig = sign("/tmp/nope.txt", "read", "", token)
     r = anon.post(
         "/files",
         params={"path": "/tmp/nope.txt", "signature": sig},
@@ -140,21 +146,41 @@ def test_read_signature_does_not_allow_writes(anon: httpx.Client):
     assert r.status_code == 401
 
 
-def test_token_header_wins_over_signature(anon: httpx.Client):
+def test_token_header_wins_over_signature(anon: httpx.Client, token: str):
     r = anon.get(
         "/files",
         params={"path": "/etc/hostname", "signature": "v1_bogus"},
-        headers={"X-Access-Token": TOKEN},
+        headers={"X-Access-Token": token},
     )
     assert r.status_code == 200
 
 
-def test_init_with_wrong_token_cannot_change_it(anon: httpx.Client):
+def test_init_with_wrong_token_cannot_change_it(backend, anon: httpx.Client, token: str):
     r = anon.post("/init", json={"accessToken": "attacker"}, headers={"X-Access-Token": "nope"})
-    assert r.status_code == 401
+    # Through `hearth serve` the proxy does not even let /init reach envd.
+    assert r.status_code == (401 if backend.mode == "envd" else 404)
     ok = anon.post(
         "/filesystem.Filesystem/Stat",
         json={"path": "/"},
-        headers={**unary_headers(), "X-Access-Token": TOKEN},
+        headers={**unary_headers(), "X-Access-Token": token},
     )
     assert ok.status_code == 200
+
+
+@pytest.mark.serve_only
+def test_sdk_signed_urls_work_without_routing_headers(backend, name: str):
+    """The SDK's signed URLs carry no sandbox id: the proxy finds the sandbox whose
+    token verifies the signature (what a browser or curl would do with them)."""
+    sandbox = backend.sandbox()
+    path = f"/home/user/{name}.txt"
+    up = sandbox.upload_url(path, use_signature_expiration=120)
+    r = httpx.post(up, files={"file": ("x", b"signed upload")}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert sandbox.files.read(path) == "signed upload"
+    down = sandbox.download_url(path, use_signature_expiration=120)
+    r = httpx.get(down, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.content == b"signed upload"
+    # A forged signature finds no sandbox: it never reaches an envd.
+    forged = down.replace("signature=v1_", "signature=v1_x")
+    assert httpx.get(forged, timeout=30).status_code in (401, 404)

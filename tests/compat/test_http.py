@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from e2b import Sandbox
 
 
@@ -22,6 +23,7 @@ def test_metrics_reports_snake_case_numbers(raw: httpx.Client):
     assert m["mem_total"] > 0 and m["cpu_count"] >= 1
 
 
+@pytest.mark.envd_only  # /init is the orchestrator's: `hearth serve` keeps it private
 def test_init_env_vars_reach_commands_and_envs(backend, raw: httpx.Client, sandbox: Sandbox):
     r = raw.post("/init", json={"envVars": {"HEARTH_INIT_VAR": "from-init"}})
     assert r.status_code == 204
@@ -36,6 +38,7 @@ def test_init_env_vars_reach_commands_and_envs(backend, raw: httpx.Client, sandb
     assert result.stdout == "mine\n"
 
 
+@pytest.mark.envd_only
 def test_init_sets_default_user_and_workdir(raw: httpx.Client, sandbox: Sandbox):
     r = raw.post("/init", json={"defaultUser": "root", "defaultWorkdir": "/tmp"})
     assert r.status_code == 204

@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The unmodified E2B JS SDK (npm `e2b`) against the same sandbox: tests/compat/js.
+"""The unmodified E2B JS SDK (npm `e2b`): tests/compat/js/smoke.mjs. In envd mode it
+talks to the module's envd in debug mode; in serve mode it creates (and kills) its own
+sandbox through the session's `hearth serve` (E2B_API_URL, E2B_SANDBOX_URL,
+E2B_API_KEY).
 
 Skipped unless tests/compat/js/node_modules exists (tests/compat/js/run installs it
 with `npm ci` and then runs this file)."""
@@ -17,13 +20,13 @@ JS_DIR = Path(__file__).parent / "js"
 
 
 def test_js_sdk_smoke(backend):
-    if backend.mode != "envd":
-        pytest.skip("the JS smoke test uses the SDK's debug mode")
     if not (JS_DIR / "node_modules" / "e2b").is_dir():
         pytest.skip("npm dependencies missing: run tests/compat/js/run")
     node = shutil.which("node")
     assert node, "node is not installed"
-    env = {**os.environ, "E2B_DEBUG": "true"}
+    env = dict(os.environ)
+    if backend.mode == "envd":
+        env["E2B_DEBUG"] = "true"
     proc = subprocess.run(
         [node, "smoke.mjs"], cwd=JS_DIR, env=env, capture_output=True, text=True, timeout=120
     )

@@ -36,6 +36,11 @@ use std::sync::Arc;
 pub const ENVD_VERSION: &str = "0.6.13";
 
 /// Sets up `tracing` output to stderr at the configured level.
+///
+/// A failed log write is dropped silently: stderr is usually a file on the sandbox's
+/// own disk, which the sandbox may fill, and tracing-subscriber would otherwise
+/// report the failure with `eprintln!`, whose own failure panics (an abort: the
+/// whole sandbox dies because its disk is full).
 pub fn init_logging(config: &EnvdConfig) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -43,6 +48,7 @@ pub fn init_logging(config: &EnvdConfig) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        .log_internal_errors(false)
         .init();
 }
 

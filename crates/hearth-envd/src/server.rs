@@ -4,14 +4,32 @@
 //! Every concurrent stream of an SDK is its own keep-alive connection, so connections
 //! are cheap tasks. `TCP_NODELAY` is set because stream events are small and must
 //! reach the client as they are produced; hyper writes each body frame as a chunk.
+//!
+//! Request bodies linger: when a handler answers without reading its whole body (a
+//! full disk, an oversized message), the rest is read and discarded for a while
+//! before the connection may close. Closing a socket with unread data makes the
+//! kernel send a reset, and a client (or `hearth serve`'s proxy) still sending the
+//! body then fails with EPIPE and usually loses the answer already sent.
 
 use crate::state::Envd;
 use axum::Router;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+/// How long an unfinished request body is still read after its handler dropped it.
+const LINGER_TIME: Duration = Duration::from_secs(10);
+/// How much of it is read at most.
+const LINGER_BYTES: usize = 1 << 30;
 
 /// Builds the whole application: plain endpoints, Connect services and auth.
 pub fn router(state: Arc<Envd>) -> Router {
@@ -55,7 +73,10 @@ pub async fn serve_listener(listener: TcpListener, app: Router) -> anyhow::Resul
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            app.clone().oneshot(req.map(Lingering::new))
+        });
         tokio::spawn(async move {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().keep_alive(true).half_close(false);
@@ -67,4 +88,73 @@ pub async fn serve_listener(listener: TcpListener, app: Router) -> anyhow::Resul
             }
         });
     }
+}
+
+/// A request body that, dropped before its end, keeps being read (and discarded) in
+/// the background for at most [`LINGER_TIME`] and [`LINGER_BYTES`].
+struct Lingering {
+    inner: Option<Incoming>,
+}
+
+impl Lingering {
+    fn new(inner: Incoming) -> Self {
+        Self { inner: Some(inner) }
+    }
+}
+
+impl Body for Lingering {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.inner = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(body) = self.inner.take() else {
+            return;
+        };
+        if body.is_end_stream() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(body));
+        }
+    }
+}
+
+async fn drain(mut body: Incoming) {
+    let read = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen = seen.saturating_add(frame.data_ref().map_or(0, Bytes::len));
+            if seen > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, read).await;
 }

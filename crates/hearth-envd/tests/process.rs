@@ -36,10 +36,38 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Test roots are `<CARGO_TARGET_TMPDIR>/<ROOT_PREFIX><pid>`.
+const ROOT_PREFIX: &str = "envd-process-tests-";
+
+/// Removes the roots of earlier test processes that are gone (a static is never
+/// dropped, so each process leaves its root behind).
+fn remove_roots_of_dead_processes(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(ROOT_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("envd-process-tests");
+        // One root per test process: nextest runs every test in a process of its own,
+        // concurrently, and a shared root would be wiped under the others' feet.
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        remove_roots_of_dead_processes(&base);
+        let root = base.join(format!("{ROOT_PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let home = root.join("home/user");
         std::fs::create_dir_all(root.join("etc")).unwrap();

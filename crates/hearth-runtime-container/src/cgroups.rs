@@ -181,6 +181,19 @@ impl Controllers {
             .collect()
     }
 
+    /// Removes the parent group from every hierarchy. Fails (`EBUSY`) while a
+    /// sandbox's group is still inside, so it never takes a running sandbox's
+    /// limits away.
+    pub(crate) fn remove_parent(&self) -> Result<(), CgroupError> {
+        let mut first_err = None;
+        for dir in self.parent_dirs() {
+            if let Err(err) = cgroup::remove(&dir, REMOVE_TIMEOUT) {
+                first_err.get_or_insert(CgroupError::Remove { path: dir, err });
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     /// The cgroups of sandbox `id` (not created).
     pub(crate) fn sandbox(&self, id: &str) -> SandboxCgroups {
         let dir = |h: &Hierarchy| CgroupDir {

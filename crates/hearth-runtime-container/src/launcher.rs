@@ -306,6 +306,13 @@ impl Launcher {
         Ok(())
     }
 
+    /// Removes the parent cgroup [`Launcher::new`] created, in every hierarchy: the
+    /// last step of a shutdown that killed every sandbox. Fails while any sandbox's
+    /// cgroup is still there.
+    pub fn remove_parent_cgroups(&self) -> Result<(), ContainerError> {
+        Ok(self.controllers.remove_parent()?)
+    }
+
     /// Tears down sandbox cgroups whose id `is_live` does not claim (leftovers of
     /// a crash before the caller could persist them), killing anything inside.
     /// Returns the ids removed.

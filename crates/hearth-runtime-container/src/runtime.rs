@@ -52,6 +52,12 @@ impl ContainerRuntime {
         }
     }
 
+    /// Removes the runtime's parent cgroups once every sandbox is gone (shutdown
+    /// without `--keep-sandboxes`); see [`Launcher::remove_parent_cgroups`].
+    pub fn remove_parent_cgroups(&self) -> Result<(), crate::ContainerError> {
+        self.launcher.remove_parent_cgroups()
+    }
+
     fn container_spec(&self, spec: &SandboxSpec) -> Result<ContainerSpec, RuntimeError> {
         // The range follows the sandbox (its ordinal), not the slot: a resumed sandbox
         // gets another slot but must see its kept files owned by the same ids.

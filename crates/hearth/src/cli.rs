@@ -135,10 +135,19 @@ pub struct ServeArgs {
     /// Hearth's data directory (store, templates, sandboxes).
     #[arg(long, env = "HEARTH_HOME", default_value = "/var/lib/hearth")]
     pub home: PathBuf,
-    /// Names this server's host objects (network namespaces, nftables table, cgroup
-    /// parent) so that several servers (or tests) can share a host.
+    /// Names this server's host objects (network namespaces, host interfaces,
+    /// nftables table, cgroup parent) so that several servers (or tests) can share a
+    /// host; each of them also needs its own --host-cidr and --transit-cidr.
     #[arg(long, env = "HEARTH_INSTANCE", default_value = "hearth", value_parser = parse_instance)]
     pub instance: String,
+    /// Addresses the host reaches sandboxes at (one per sandbox). Must not overlap
+    /// any network of the host or of another server.
+    #[arg(long, env = "HEARTH_HOST_CIDR", default_value = "10.11.0.0/16")]
+    pub host_cidr: hearth_net::Ipv4Cidr,
+    /// Links between the host and each sandbox's router (a /31 per sandbox). Must not
+    /// overlap any network of the host or of another server.
+    #[arg(long, env = "HEARTH_TRANSIT_CIDR", default_value = "10.12.0.0/16")]
+    pub transit_cidr: hearth_net::Ipv4Cidr,
     /// Domain for host-routed sandbox URLs `<port>-<sandboxID>.<domain>`.
     #[arg(long, default_value = "localhost", env = "HEARTH_DOMAIN")]
     pub domain: String,

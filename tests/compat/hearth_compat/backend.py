@@ -9,10 +9,11 @@ Modes (HEARTH_COMPAT_MODE):
   its own mount/pid/uts namespaces; the SDK runs in debug mode (E2B_DEBUG=true) and
   talks to localhost:49983. One envd per test module; `restart()` gives a test a
   fresh one (the module continues with the fresh one afterwards).
-- `serve` (issue 3): a real `hearth serve`; the SDK uses
-  E2B_API_URL=E2B_SANDBOX_URL=http://127.0.0.1:3000 and E2B_API_KEY, and `sandbox()`
-  creates a sandbox through the API. Raw requests go to the same URL with the
-  E2b-Sandbox-Id / E2b-Sandbox-Port headers and the sandbox's access token.
+- `serve`: one real `hearth serve` per session (hearth_compat/serve.py) on
+  127.0.0.1:<free port>; the SDK uses E2B_API_URL=E2B_SANDBOX_URL=<that URL> and
+  E2B_API_KEY, and each module gets a sandbox created through the API (`restart()`
+  replaces it). Raw requests go to the same URL with the E2b-Sandbox-Id /
+  E2b-Sandbox-Port headers and the sandbox's access token.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import os
 import e2b
 
 from .envd import EnvdInstance
+from .serve import ServeServer
 
 
 class Backend:
     """What a test may ask of the sandbox provider, whatever the mode."""
 
     mode = "abstract"
+    # The sandbox's hostname.
+    hostname = "hearth"
 
     def sandbox(self) -> e2b.Sandbox:
         raise NotImplementedError
@@ -39,14 +43,14 @@ class Backend:
 
     def envd_headers(self, user: str | None = None) -> dict[str, str]:
         """Headers for a raw request to envd: routing, access token and user."""
-        headers = dict(self._routing_headers())
+        headers = dict(self.routing_headers())
         if self.access_token:
             headers["X-Access-Token"] = self.access_token
         if user is not None:
             headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:".encode()).decode()
         return headers
 
-    def _routing_headers(self) -> dict[str, str]:
+    def routing_headers(self) -> dict[str, str]:
         return {}
 
     access_token: str | None = None
@@ -105,17 +109,51 @@ class EnvdBackend(Backend):
 
 
 class ServeBackend(Backend):
-    """`hearth serve` (issue 3). Not available yet: tests skip with a reason."""
+    """A real `hearth serve` (one per session, see hearth_compat/serve.py): each module
+    gets a sandbox of its own, created through the API with the unmodified SDK; raw
+    requests go through the server's proxy with the routing headers and the sandbox's
+    access token."""
 
     mode = "serve"
+    hostname = "e2b.local"
 
-    def __init__(self) -> None:
-        import pytest
+    def __init__(self, server: ServeServer):
+        self.server = server
+        self.current: e2b.Sandbox | None = None
+        self.start()
 
-        pytest.skip("HEARTH_COMPAT_MODE=serve needs `hearth serve` (issue 3)")
+    def start(self) -> None:
+        # Long enough for any module; the module's teardown kills it.
+        self.current = e2b.Sandbox.create(timeout=1800)
+        self.access_token = self.current._envd_access_token
+
+    def sandbox(self) -> e2b.Sandbox:
+        assert self.current is not None
+        return self.current
+
+    @property
+    def sandbox_id(self) -> str:
+        assert self.current is not None
+        return self.current.sandbox_id
+
+    @property
+    def envd_url(self) -> str:
+        return self.server.url
+
+    def routing_headers(self) -> dict[str, str]:
+        return {"E2b-Sandbox-Id": self.sandbox_id, "E2b-Sandbox-Port": "49983"}
+
+    def restart(self) -> None:
+        self.close()
+        self.start()
+
+    def close(self) -> None:
+        if self.current is not None:
+            sandbox, self.current = self.current, None
+            assert sandbox.kill(), f"sandbox {sandbox.sandbox_id} was already gone"
 
 
-def make_backend() -> Backend:
+def make_backend(server: ServeServer | None = None) -> Backend:
     mode = os.environ.get("HEARTH_COMPAT_MODE", "envd")
     if mode == "envd":
         layers = [p for p in os.environ.get("HEARTH_COMPAT_LAYERS", "").split(":") if p]
@@ -123,5 +161,7 @@ def make_backend() -> Backend:
             raise RuntimeError("HEARTH_COMPAT_LAYERS is empty: run the suite with tests/compat/run")
         return EnvdBackend(layers)
     if mode == "serve":
-        return ServeBackend()
+        if server is None:
+            raise RuntimeError("serve mode needs the session's server")
+        return ServeBackend(server)
     raise RuntimeError(f"unknown HEARTH_COMPAT_MODE {mode!r} (envd or serve)")

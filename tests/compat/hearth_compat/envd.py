@@ -212,7 +212,10 @@ class EnvdInstance:
         problems: list[str] = []
         if self.proc is not None:
             if self.envd_pid is not None and _pid_alive(self.envd_pid):
-                os.kill(self.envd_pid, signal.SIGTERM)
+                try:
+                    os.kill(self.envd_pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass  # it died (and was reaped) since the check
                 try:
                     self.proc.wait(timeout=grace)
                 except subprocess.TimeoutExpired:

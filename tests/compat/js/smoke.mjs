@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Smoke test of the unmodified E2B JS SDK: run a command, write and read a file,
-// list a directory and watch it. Expects E2B_DEBUG=true (the SDK then talks to
-// envd on localhost:49983); tests/compat/test_js_smoke.py runs it.
+// list a directory and watch it. Runs either with E2B_DEBUG=true (the SDK then talks
+// to envd on localhost:49983) or against `hearth serve` (E2B_API_URL,
+// E2B_SANDBOX_URL, E2B_API_KEY), where it also checks that kill ends the sandbox;
+// tests/compat/test_js_smoke.py runs it.
 import assert from 'node:assert/strict'
 import { Sandbox } from 'e2b'
 
@@ -40,4 +42,10 @@ assert.ok(seen.some((e) => e.name === 'w.txt' && e.type === 'write'), JSON.strin
 
 await sandbox.files.remove(path)
 assert.equal(await sandbox.files.exists(path), false)
+
+if (process.env.E2B_DEBUG !== 'true') {
+  assert.equal(await sandbox.isRunning(), true)
+  assert.equal(await sandbox.kill(), true)
+  assert.equal(await sandbox.isRunning(), false)
+}
 console.log('js smoke: ok')

@@ -4,7 +4,8 @@
 //!
 //! Start-up order: store → API keys → network → runtime → templates → node
 //! (reconciles leftovers) → listener. Shut-down (SIGTERM/SIGINT): stop accepting, let
-//! the node kill its sandboxes (unless `--keep-sandboxes`) and release the network.
+//! the node kill its sandboxes (unless `--keep-sandboxes`) and release the network,
+//! then remove the runtime's parent cgroups and unmount the data volume.
 
 use crate::cli::ServeArgs;
 use crate::wiring::microvm::RuntimeChoice;
@@ -37,6 +38,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.keep_sandboxes_on_exit = args.keep_sandboxes;
     config.ca_bundle = ca_bundle(&args)?;
     let mut data_volume = None;
+    let mut container_runtime = None;
     let (runtimes, network): (Vec<Arc<dyn Runtime>>, Arc<dyn Network>) = match sim {
         Some(envd) => {
             tracing::warn!("UNSAFE sim runtime: sandboxes are unisolated host processes");
@@ -90,6 +92,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             };
             let pool_config = hearth_net::PoolConfig {
                 name: args.instance.clone(),
+                ifname_prefix: ifname_prefix(&args.instance),
+                host_cidr: args.host_cidr,
+                transit_cidr: args.transit_cidr,
                 warm_containers: if default_vm { 2 } else { args.warm_slots },
                 warm_microvms: match (&vm, default_vm) {
                     (_, true) => args.warm_slots,
@@ -106,9 +111,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             if !lost.is_empty() {
                 tracing::warn!(slots = ?lost, "network slots of earlier sandboxes were lost");
             }
-            let container: Arc<dyn Runtime> = Arc::new(
-                hearth_runtime_container::ContainerRuntime::new(launcher, disk_limits),
-            );
+            let container = Arc::new(hearth_runtime_container::ContainerRuntime::new(
+                launcher,
+                disk_limits,
+            ));
+            container_runtime = Some(container.clone());
+            let container: Arc<dyn Runtime> = container;
             let mut runtimes = vec![container];
             if let Some(vm) = &vm {
                 let nameservers = network.nameservers();
@@ -204,6 +212,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     node.shutdown().await;
+    if let Some(runtime) = container_runtime
+        && !args.keep_sandboxes
+        && let Err(e) = runtime.remove_parent_cgroups()
+    {
+        tracing::warn!(error = %hearth_types::ErrorChain(&e), "cgroup parent stays");
+    }
     if let Some(volume) = data_volume
         && !args.keep_sandboxes
         && let Err(e) = volume.unmount()
@@ -232,6 +246,19 @@ fn ensure_data_volume(
     hearth_runtime_container::ensure_data_volume(&config.data_dir(), &image, size).context(
         "failed to mount the sandbox data volume (use --no-disk-limits to run without disk limits)",
     )
+}
+
+/// The prefix of the instance's host-side slot interfaces. The pool matches its
+/// interfaces by prefix, so instances need prefixes none of which is a prefix of
+/// another: the default instance keeps `hv`, any other gets `h` + 6 hex digits of a
+/// hash of its name (hex has no `v`, and equal lengths cannot nest).
+fn ifname_prefix(instance: &str) -> String {
+    use sha2::{Digest, Sha256};
+    if instance == "hearth" {
+        return "hv".to_owned();
+    }
+    let digest = Sha256::digest(instance.as_bytes());
+    format!("h{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2])
 }
 
 /// The extra CAs sandboxes trust: `--ca-bundle`, else the host's locally added ones.
@@ -331,5 +358,31 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_instance_keeps_the_historic_interface_prefix() {
+        assert_eq!(ifname_prefix("hearth"), "hv");
+    }
+
+    #[test]
+    fn instance_prefixes_never_nest() {
+        let names = [
+            "hearth", "hct1", "hct12", "hct123", "a", "b", "test", "testx",
+        ];
+        let prefixes: Vec<String> = names.iter().map(|n| ifname_prefix(n)).collect();
+        for (i, a) in prefixes.iter().enumerate() {
+            assert!(a.len() <= 8, "{a} is too long for an interface prefix");
+            for (j, b) in prefixes.iter().enumerate() {
+                if i != j {
+                    assert!(!b.starts_with(a.as_str()), "{a} is a prefix of {b}");
+                }
+            }
+        }
     }
 }
