@@ -57,6 +57,11 @@ def pytest_runtest_setup(item):
         pytest.skip("needs envd mode (harness access to the sandbox internals)")
     if item.get_closest_marker("serve_only") and MODE != "serve":
         pytest.skip("needs serve mode (HEARTH_COMPAT_MODE=serve)")
+    runtime = os.environ.get("HEARTH_COMPAT_RUNTIME", "container")
+    if item.get_closest_marker("container_only") and (MODE != "serve" or runtime != "container"):
+        pytest.skip("needs container sandboxes (serve mode, HEARTH_COMPAT_RUNTIME=container)")
+    if item.get_closest_marker("microvm_only") and (MODE != "serve" or runtime != "microvm"):
+        pytest.skip("needs microVM sandboxes (serve mode, HEARTH_COMPAT_RUNTIME=microvm)")
 
 
 @pytest.fixture(scope="session")

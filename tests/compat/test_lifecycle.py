@@ -20,7 +20,7 @@ from e2b import (
     SandboxQuery,
     SandboxState,
 )
-from hearth_compat.serve import ServeServer
+from hearth_compat.serve import ServeServer, sandbox_slot
 
 pytestmark = pytest.mark.serve_only
 
@@ -331,3 +331,23 @@ def test_malformed_json_body_is_400_json(serve_server):
         assert r.status_code in (400, 422), r.text
         assert_error(r, r.status_code)
         assert_error(api.post("/sandboxes", json={"templateID": "no-such-template"}), 404)
+
+
+@pytest.mark.container_only
+def test_new_sandbox_on_a_reused_slot_is_reachable_at_once(make, serve_server):
+    """Slots are reused: a sandbox landing on a killed sandbox's slot must never be
+    sent over a keep-alive connection the proxy kept to its predecessor (the proxy
+    pools connections per sandbox incarnation, not per address)."""
+    first = make()
+    assert first.commands.run("true").exit_code == 0  # leaves an idle pooled connection
+    slot = sandbox_slot(serve_server.instance, first.sandbox_id)
+    Sandbox.kill(first.sandbox_id)
+    for _ in range(24):
+        sandbox = make()
+        landed = sandbox_slot(serve_server.instance, sandbox.sandbox_id)
+        # Every new sandbox, on whatever slot, must answer on the first try.
+        assert sandbox.commands.run("echo ok").stdout == "ok\n"
+        if landed == slot:
+            return
+        Sandbox.kill(sandbox.sandbox_id)
+    pytest.skip(f"no new sandbox landed on slot {slot} in 24 tries")

@@ -52,6 +52,9 @@ pub struct SandboxConfig {
 pub enum Route {
     /// Running: forward to these addresses.
     Running {
+        /// Which incarnation of the sandbox this is (new on every start or resume):
+        /// connections to an earlier incarnation must never be reused.
+        generation: u64,
         /// envd's address.
         envd: SocketAddr,
         /// Address for any other port.

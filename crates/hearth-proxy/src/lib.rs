@@ -14,6 +14,7 @@
 //! hanging on a dead connection.
 
 mod body;
+mod resolve;
 mod route;
 mod signature;
 
@@ -27,7 +28,6 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// envd's port.
@@ -51,14 +51,15 @@ const BUSY_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Proxy {
     node: Node,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpConnector<resolve::SandboxResolver>, Body>,
     domain: String,
 }
 
 impl Proxy {
     /// A proxy for `node`'s sandboxes; `domain` is the suffix of host-routed names.
     pub fn new(node: Node, domain: String) -> Self {
-        let mut connector = HttpConnector::new();
+        let mut connector =
+            HttpConnector::new_with_resolver(resolve::SandboxResolver { node: node.clone() });
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
@@ -104,10 +105,10 @@ impl Proxy {
             None => return not_found(&target.id),
         };
         let Route::Running {
-            envd,
-            host,
+            generation,
             cancel,
             traffic_token,
+            ..
         } = route
         else {
             return not_found(&target.id);
@@ -137,14 +138,14 @@ impl Proxy {
                 );
             }
         }
-        let addr = if target.port == ENVD_PORT {
-            envd
-        } else {
-            SocketAddr::new(host, target.port)
-        };
+        let upstream = format!(
+            "{}:{}",
+            resolve::upstream_host(&id, generation),
+            target.port
+        );
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let out = match rewrite(req, addr, upgrade) {
+        let out = match rewrite(req, &upstream, upgrade) {
             Ok(r) => r,
             Err(e) => {
                 return json_error(
@@ -230,7 +231,7 @@ impl Proxy {
 
 fn rewrite(
     req: Request<Body>,
-    addr: SocketAddr,
+    upstream: &str,
     upgrade: bool,
 ) -> Result<Request<Body>, http::Error> {
     let (mut parts, body) = req.into_parts();
@@ -239,7 +240,9 @@ fn rewrite(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
-    parts.uri = format!("http://{addr}{path}").parse::<http::Uri>()?;
+    // The client's Host header stays as it was (servers in the sandbox may use it);
+    // the URI's authority only selects the pooled connection and the address.
+    parts.uri = format!("http://{upstream}{path}").parse::<http::Uri>()?;
     parts.version = http::Version::HTTP_11;
     strip_hop_headers(&mut parts.headers, upgrade);
     parts.headers.remove("e2b-sandbox-id");

@@ -293,7 +293,9 @@ impl Node {
 
     /// The route of a running instance.
     fn running_route(&self, live: &Live, instance: &dyn Instance) -> Route {
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Route::Running {
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             envd: instance.envd_addr(),
             host: instance.envd_addr().ip(),
             cancel: CancellationToken::new(),
