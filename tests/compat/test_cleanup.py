@@ -103,6 +103,7 @@ def settle(server: ServeServer, want: dict, timeout: float = 20) -> dict:
         time.sleep(0.2)
 
 
+@pytest.mark.container_only  # counts container cgroups; microVM cleanup: crates/hearth-runtime-microvm/tests
 def test_100_create_kill_cycles_leave_nothing(serve_server: ServeServer):
     # Sandboxes other modules still run (none, normally) must stay as they are.
     mine = {s.sandbox_id for s in Sandbox.list().next_items()}

@@ -75,6 +75,7 @@ def make_marked(server: ServeServer, marker: str) -> Sandbox:
     return sandbox
 
 
+@pytest.mark.container_only  # finds sandbox processes through container cgroups
 def test_keep_sandboxes_then_restart_readopts(server: ServeServer, neighbour):
     server.extra_args = ("--keep-sandboxes",)
     server.start()
@@ -92,6 +93,7 @@ def test_keep_sandboxes_then_restart_readopts(server: ServeServer, neighbour):
     assert neighbour.commands.run("echo ok").stdout == "ok\n"
 
 
+@pytest.mark.container_only  # finds sandbox processes through container cgroups
 def test_sigkill_then_restart_readopts(server: ServeServer, neighbour):
     server.start()
     sandbox = make_marked(server, "survivor")
@@ -107,6 +109,7 @@ def test_sigkill_then_restart_readopts(server: ServeServer, neighbour):
     assert sandbox_pids(server.instance, sandbox.sandbox_id) == []
 
 
+@pytest.mark.container_only  # finds sandbox processes through container cgroups
 def test_sandbox_that_died_while_the_server_was_down_is_cleaned_up(server: ServeServer):
     server.start()
     doomed = make_marked(server, "doomed")
@@ -138,6 +141,7 @@ def test_sandbox_that_died_while_the_server_was_down_is_cleaned_up(server: Serve
     assert fresh.commands.run("echo fresh").stdout == "fresh\n"
 
 
+@pytest.mark.container_only  # finds sandbox processes through container cgroups
 def test_plain_sigterm_kills_everything_and_restart_lists_none(server: ServeServer):
     server.start()
     sandboxes = [make_marked(server, f"s{i}") for i in range(3)]

@@ -45,6 +45,10 @@ pub struct SandboxConfig {
     /// What the sandbox starts from, resolved at creation (its template's or
     /// snapshot's artifacts), so deleting a template never strands it.
     pub artifacts: Option<Artifacts>,
+    /// The sandbox whose saved state this one started from (a snapshot's or a
+    /// fork's source): a restored envd holds that sandbox's access token until its
+    /// first `/init` replaces it.
+    pub origin: Option<String>,
 }
 
 /// How the proxy may reach a sandbox right now.

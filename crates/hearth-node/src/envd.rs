@@ -54,22 +54,24 @@ impl Default for EnvdClient {
 }
 
 impl EnvdClient {
-    /// Sends `/init`, authenticating with `current_token` (the token envd holds now),
-    /// retrying briefly because a just-restored guest may need a moment to answer.
+    /// Sends `/init`, authenticating with the first of `held` (tokens envd may hold
+    /// now) it accepts, retrying briefly because a just-restored guest may need a
+    /// moment to answer.
     pub async fn init(
         &self,
         addr: SocketAddr,
         body: &InitBody,
-        current_token: Option<&str>,
+        held: &[String],
         budget: Duration,
     ) -> Result<(), String> {
         let json = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let deadline = tokio::time::Instant::now() + budget;
         let mut last_err = String::new();
+        let mut candidate = 0;
         while tokio::time::Instant::now() < deadline {
             let mut req = http::Request::post(format!("http://{addr}/init"))
                 .header(http::header::CONTENT_TYPE, "application/json");
-            if let Some(t) = current_token {
+            if let Some(t) = held.get(candidate) {
                 req = req.header("x-access-token", t);
             }
             let req = req
@@ -85,7 +87,12 @@ impl EnvdClient {
                         .await
                         .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
                         .unwrap_or_default();
-                    // A 4xx is a real answer (bad token, bad user): retrying won't help.
+                    // envd holds another of the tokens: try the next one.
+                    if status == http::StatusCode::UNAUTHORIZED && candidate + 1 < held.len() {
+                        candidate += 1;
+                        continue;
+                    }
+                    // Any other 4xx is a real answer (bad user): retrying won't help.
                     if status.is_client_error() {
                         return Err(format!("{status}: {text}"));
                     }

@@ -299,11 +299,18 @@ impl Launcher {
         state: &Persisted,
         remove_state: bool,
     ) -> Result<(), ContainerError> {
-        container::teardown(&self.controllers.sandbox(&state.id))?;
+        self.remove_leftovers(&state.id)?;
         if remove_state {
             container::remove_state_dir(&state.state_dir)?;
         }
         Ok(())
+    }
+
+    /// Kills whatever is left in sandbox `id`'s cgroups and removes them: what an
+    /// instance left that ended without its teardown (hearth died while stopping it).
+    /// Nothing there is fine.
+    pub fn remove_leftovers(&self, id: &str) -> Result<(), ContainerError> {
+        container::teardown(&self.controllers.sandbox(id))
     }
 
     /// Removes the parent cgroup [`Launcher::new`] created, in every hierarchy: the

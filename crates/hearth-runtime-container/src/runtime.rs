@@ -52,6 +52,17 @@ impl ContainerRuntime {
         }
     }
 
+    /// Removes what an earlier instance of sandbox `id` left (see
+    /// [`Launcher::remove_leftovers`]).
+    async fn remove_leftovers(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let launcher = self.launcher.clone();
+        let name = id.to_string();
+        tokio::task::spawn_blocking(move || launcher.remove_leftovers(&name))
+            .await
+            .map_err(|e| RuntimeError::op(id, "remove leftovers", e))?
+            .map_err(|e| RuntimeError::op(id, "remove leftovers", e))
+    }
+
     /// Removes the runtime's parent cgroups once every sandbox is gone (shutdown
     /// without `--keep-sandboxes`); see [`Launcher::remove_parent_cgroups`].
     pub fn remove_parent_cgroups(&self) -> Result<(), crate::ContainerError> {
@@ -192,8 +203,14 @@ impl Runtime for ContainerRuntime {
     ) -> Result<Box<dyn Instance>, RuntimeError> {
         match paused.mode {
             // The writable layer is still in the state directory: a new launch picks it
-            // up, which is a fresh boot over the kept files.
-            PauseMode::Filesystem => self.launch(spec).await,
+            // up, which is a fresh boot over the kept files. A crash of hearth while
+            // it stopped the previous instance (or started one from this pause) may
+            // have left that instance's cgroups, or even its processes: they go
+            // first, or the launch would refuse a sandbox that still exists.
+            PauseMode::Filesystem => {
+                self.remove_leftovers(&spec.id).await?;
+                self.launch(spec).await
+            }
             PauseMode::Full => Err(RuntimeError::Unsupported {
                 runtime: RuntimeKind::Container,
                 op: "resuming a memory pause from disk",
@@ -203,8 +220,17 @@ impl Runtime for ContainerRuntime {
 
     /// A filesystem pause needs nothing beyond the writable layer, which stays in the
     /// state directory: if it is there, the sandbox can boot over it.
+    ///
+    /// The instance is gone, but hearth may have died between killing it and
+    /// removing its cgroups: those go now (a failure is logged; resume retries).
     fn recovered_pause(&self, spec: &SandboxSpec) -> Option<PausedState> {
-        spec.state_dir.join("upper").is_dir().then(|| PausedState {
+        if !spec.state_dir.join("upper").is_dir() {
+            return None;
+        }
+        if let Err(e) = self.launcher.remove_leftovers(spec.id.as_str()) {
+            tracing::warn!(sandbox_id = %spec.id, error = %hearth_types::ErrorChain(&e), "leftovers of an interrupted pause not removed");
+        }
+        Some(PausedState {
             mode: PauseMode::Filesystem,
             data: serde_json::json!({}),
         })

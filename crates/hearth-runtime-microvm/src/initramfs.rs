@@ -65,7 +65,14 @@ $B ip link set lo up
 $B ip link set eth0 up || fail "no eth0"
 $B ip addr add {addr}/{prefix} dev eth0 || fail "cannot address eth0"
 $B ip route add default via {gw} || fail "cannot add the default route"
-[ -n "$HN" ] && $B hostname "$HN"
+if [ -n "$HN" ]; then
+  $B hostname "$HN"
+  # The image's files must agree with the name (sudo, for one, resolves it).
+  if [ -d /newroot/etc ]; then
+    echo "$HN" > /newroot/etc/hostname
+    $B printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{addr}\t%s\n' "$HN" > /newroot/etc/hosts
+  fi
+fi
 if [ -n "$NS" ] && [ -d /newroot/etc ]; then
   $B rm -f /newroot/etc/resolv.conf
   for s in $($B echo "$NS" | $B tr , ' '); do echo "nameserver $s"; done > /newroot/etc/resolv.conf

@@ -14,7 +14,9 @@
 //! A failure before step 2 resumes the VM (it keeps running). After a crash, adopt
 //! finds QEMU either still running or stopped short of a saved state (it deletes the
 //! partial state and keeps the VM running), or stopped with its state saved (it ends
-//! QEMU and reports the sandbox gone); `recovered_pause` then completes steps 3–5
+//! QEMU and reports the sandbox gone). A filesystem pause always goes forward once
+//! its marker exists (the guest may already be read-only): adopt syncs the guest
+//! again, ends QEMU and reports the sandbox gone; `recovered_pause` then completes steps 3–5
 //! from the marker, so the node records the pause instead of discarding the sandbox.
 
 use crate::cgroup::VmCgroup;
@@ -476,7 +478,11 @@ impl MicroVmInstance {
             if let Err(err) = self.guest_sync(true).await {
                 tracing::warn!(sandbox_id = %self.id, error = %hearth_types::ErrorChain(&err), "guest filesystem sync failed");
             }
-            self.qmp_step("stop the vCPUs", "stop").await?;
+            // The guest's filesystems may be read-only now: there is no going back
+            // to running, so a failed `stop` only means QEMU is ended less gently.
+            if let Err(err) = self.qmp_step("stop the vCPUs", "stop").await {
+                tracing::warn!(sandbox_id = %self.id, error = %hearth_types::ErrorChain(&err), "cannot stop the vCPUs before ending QEMU");
+            }
         }
         // From here the VM is not resumed on error: the saved state is the truth.
         self.stop_process().await?;
@@ -766,11 +772,38 @@ pub(crate) async fn adopt(
             }
             return Ok(None);
         }
-        // Not far enough: forget the pause and keep running.
-        if intent.memory {
-            fsutil::remove_file_if_exists(&intent.dir.join(state::FULL_STATE))
-                .map_err(io_err("remove", &intent.dir))?;
+        if !intent.memory {
+            // A filesystem pause may have remounted the guest's filesystems read-only
+            // (SysRq `u`) before hearth died: running on would leave a sandbox that
+            // cannot write. Finish the pause instead (sync again, end QEMU) and let
+            // `recovered_pause` record it: the files are all on the disk.
+            let cgroup = inner.cgroup(spec.id.as_str());
+            let envd = SocketAddr::from((spec.slot.host_addr, hearth_runtime::ENVD_PORT));
+            let vm = MicroVmInstance::new(
+                spec.id.clone(),
+                inner.clone(),
+                envd,
+                spec.resources,
+                spec.state_dir.clone(),
+                Launched {
+                    process,
+                    qmp,
+                    cgroup,
+                    state: st,
+                    timings: LaunchTimings::default(),
+                },
+            );
+            if let Err(err) = vm.guest_sync(true).await {
+                tracing::warn!(sandbox_id = %spec.id, error = %hearth_types::ErrorChain(&err), "guest filesystem sync failed");
+            }
+            vm.stop_process().await?;
+            tracing::info!(sandbox_id = %spec.id, "finishing a filesystem pause interrupted by a restart");
+            return Ok(None);
         }
+        // A memory pause not far enough: forget it and keep running (the guest
+        // was only stopped, never told anything).
+        fsutil::remove_file_if_exists(&intent.dir.join(state::FULL_STATE))
+            .map_err(io_err("remove", &intent.dir))?;
         let p = spec.state_dir.join(state::PAUSE_INTENT);
         fsutil::remove_file_if_exists(&p).map_err(io_err("remove", &p))?;
     }
@@ -927,12 +960,15 @@ pub(crate) async fn reclaim(inner: &Arc<Inner>, live: &[SandboxId]) -> Result<()
     Ok(())
 }
 
-/// Starts a paused sandbox again. On success the pause is consumed (its state file
-/// and record are removed); on failure it is left intact.
+/// Starts a paused sandbox again: from its saved memory if it has one and
+/// `restore_memory`, else by a cold boot over its disk. On success the pause is
+/// consumed (its state file and record are removed, so a memory pause resumed cold
+/// discards its memory); on failure it is left intact.
 pub(crate) async fn resume(
     inner: &Arc<Inner>,
     spec: &SandboxSpec,
     record: PauseRecord,
+    restore_memory: bool,
 ) -> Result<MicroVmInstance, MicroVmError> {
     fs::create_dir_all(&spec.state_dir).map_err(io_err("create", &spec.state_dir))?;
     // The pause is recorded by the node now; its marker has done its job.
@@ -950,7 +986,7 @@ pub(crate) async fn resume(
         }
         move_file(&paused_disk, &disk)?;
     }
-    let plan = if record.memory {
+    let plan = if record.memory && restore_memory {
         let vm_dir = &record.dir;
         match inner
             .restore_plan(vm_dir, record.machine.memory_mb, record.machine.vcpus)

@@ -282,8 +282,15 @@ impl Inner {
             let _ = fsutil::remove_file_if_exists(stale);
         }
         let cgroup = self.cgroup(l.name);
+        // Guest RAM counts twice: restored VMs map the template's RAM copy-on-write
+        // from a shared memfd, and a guest reading a page the template never touched
+        // allocates it (zeroed) in that memfd — charged to the first VM to touch it,
+        // although every clone shares it afterwards — before its own write copies it.
+        // A busy guest (a big write filling its page cache) reaches both; with the
+        // limit at RAM + overhead the cgroup OOM-killed QEMU itself. The guest still
+        // sees only its RAM; the host's real cost per VM stays RAM + its share.
         let limits = Limits {
-            memory_bytes: (u64::from(l.machine.memory_mb)
+            memory_bytes: (2 * u64::from(l.machine.memory_mb)
                 + u64::from(self.config.tb_size_mb)
                 + QEMU_OVERHEAD_MB)
                 << 20,

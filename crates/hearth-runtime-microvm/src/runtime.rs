@@ -604,14 +604,18 @@ impl Runtime for MicroVm {
         let record: PauseRecord = serde_json::from_value(paused.data.clone()).map_err(|e| {
             RuntimeError::op(&spec.id, "resume", format!("unreadable pause state: {e}"))
         })?;
-        if (paused.mode == PauseMode::Full) != record.memory {
+        // A memory pause may be resumed by a cold boot over its disk (the node asks
+        // for that with a filesystem mode: `on_resume: reboot`); a filesystem pause
+        // has no memory to restore.
+        let restore_memory = paused.mode == PauseMode::Full;
+        if restore_memory && !record.memory {
             return Err(RuntimeError::op(
                 &spec.id,
                 "resume",
-                "pause mode and record disagree",
+                "the pause kept no memory to restore",
             ));
         }
-        instance::resume(&self.inner, spec, record)
+        instance::resume(&self.inner, spec, record, restore_memory)
             .await
             .map(|i| Box::new(i) as Box<dyn Instance>)
             .map_err(|e| RuntimeError::op(&spec.id, "resume", e))

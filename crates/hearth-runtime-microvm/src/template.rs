@@ -32,7 +32,7 @@ pub const ROOT_IMAGE: &str = "rootfs.ext4";
 pub const VM_DIR: &str = "vm";
 /// Version of how templates are prepared: artifacts made by another version are
 /// rebuilt by [`MicroVm::prepare_template`].
-pub const TEMPLATE_RECIPE: u32 = 2;
+pub const TEMPLATE_RECIPE: u32 = 3;
 /// Commands run once in the template VM before its snapshot.
 const WARM_UP: &[&[&str]] = &[
     &["/bin/sh", "-c", "true"],

@@ -227,10 +227,14 @@ impl VmSpec {
         push("chardev:con");
         // file.auto-read-only=off: the overlay stays open read-write, so migration's
         // inactivation and activation never reopen it by path (impossible once
-        // chrooted).
+        // chrooted). cache.direct=on: the sandbox's own writes bypass the host page
+        // cache, whose dirty pages would otherwise be charged to QEMU's memory cgroup
+        // and OOM-kill the VM when the guest writes a lot (seen: a 3 GB dd). The
+        // template image underneath stays cached (backing.cache.direct=off): every
+        // VM reads the same pages.
         push("-drive");
         push(&format!(
-            "id=root,file={},format=qcow2,if=none,discard=unmap,detect-zeroes=unmap,file.auto-read-only=off",
+            "id=root,file={},format=qcow2,if=none,discard=unmap,detect-zeroes=unmap,file.auto-read-only=off,cache.direct=on,backing.cache.direct=off",
             self.disk.display()
         ));
         push("-device");

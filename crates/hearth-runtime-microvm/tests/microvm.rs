@@ -381,6 +381,43 @@ async fn a_pause_interrupted_after_stopping_the_vm_is_recovered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filesystem_pause_interrupted_after_the_read_only_remount_goes_forward() {
+    require_env!();
+    let _serial = common::serial();
+    let vm = common::runtime();
+    let artifacts = common::template(&vm).await.expect("template");
+    let net = common::TestNet::new().unwrap();
+    let spec = common::spec(&artifacts, &net, common::TEMPLATE);
+    let _guard = common::Guard::new(&[&spec]);
+    let inst = vm.create(&spec).await.expect("create");
+    // Unsynced on purpose: the recovery must sync it.
+    let addr = inst.envd_addr();
+    common::run(addr, "echo kept > ~/f").unwrap();
+    let state = inst.state();
+    drop(inst);
+    // Replay a filesystem pause up to the guest's read-only remount, then "crash"
+    // with the VM still running: running on would leave it unable to write.
+    let dir = spec.state_dir.join("pause");
+    std::fs::create_dir_all(&dir).unwrap();
+    let intent = serde_json::json!({
+        "dir": dir, "memory": false, "resources": spec.resources, "machine": state["machine"],
+    });
+    std::fs::write(spec.state_dir.join("pause.intent"), intent.to_string()).unwrap();
+    let r = common::run(addr, "echo u > /proc/sysrq-trigger; sleep 1; touch /probe").unwrap();
+    assert_ne!(r.exit_code, 0, "the guest's root should be read-only now");
+    let vm2 = common::runtime();
+    assert!(vm2.adopt(&spec, &state).await.unwrap().is_none());
+    let paused = vm2.recovered_pause(&spec).expect("recovered pause");
+    assert_eq!(paused.mode, PauseMode::Filesystem);
+    let mut resumed = vm2.resume(&spec, &paused).await.expect("resume");
+    let r = common::run(resumed.envd_addr(), "cat ~/f && echo w > ~/g && cat ~/g").unwrap();
+    assert_eq!(r.stdout, "kept\nw\n");
+    resumed.kill().await.unwrap();
+    assert_eq!(common::leftovers(&spec, &net), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(&spec.state_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_interrupted_before_saving_keeps_the_vm_running() {
     require_env!();
     let _serial = common::serial();

@@ -517,14 +517,36 @@ def sandbox_init_pid(instance: str, sandbox_id: str) -> int:
     raise AssertionError(f"sandbox {sandbox_id} has no init in its cgroup")
 
 
+def qemu_pid(instance: str, sandbox_id: str) -> int:
+    """Host pid of the QEMU process of a microVM sandbox (`-name <instance>-<id>`)."""
+    want = f"{instance}-{sandbox_id}"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for i, arg in enumerate(argv[:-1]):
+            if arg == b"-name" and argv[i + 1].decode(errors="replace").split(",")[0] == want:
+                return int(entry)
+    raise AssertionError(f"microVM sandbox {sandbox_id} has no QEMU process")
+
+
 def sandbox_slot(instance: str, sandbox_id: str) -> int:
     """The index of the network slot the sandbox runs in: the pinned guest namespace
-    that is its init's network namespace."""
-    ino = os.stat(f"/proc/{sandbox_init_pid(instance, sandbox_id)}/ns/net").st_ino
+    that is its init's network namespace (containers), or the router namespace its
+    QEMU runs in (microVMs)."""
+    if os.environ.get("HEARTH_COMPAT_RUNTIME", "container") == "microvm":
+        ino = os.stat(f"/proc/{qemu_pid(instance, sandbox_id)}/ns/net").st_ino
+        prefix = f"{instance}-r"
+    else:
+        ino = os.stat(f"/proc/{sandbox_init_pid(instance, sandbox_id)}/ns/net").st_ino
+        prefix = f"{instance}-g"
     for name in netns_of(instance):
-        if name.startswith(f"{instance}-g") and os.stat(NETNS_DIR / name).st_ino == ino:
-            return int(name.rsplit("g", 1)[1])
-    raise AssertionError(f"sandbox {sandbox_id} is in no guest namespace of {instance}")
+        if name.startswith(prefix) and os.stat(NETNS_DIR / name).st_ino == ino:
+            return int(name[len(prefix):])
+    raise AssertionError(f"sandbox {sandbox_id} is in no slot namespace of {instance}")
 
 
 def processes_in_netns(path: Path) -> list[int]:

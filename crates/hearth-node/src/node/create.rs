@@ -120,6 +120,7 @@ impl Node {
             slot: None,
             paused: None,
             artifacts: Some(artifacts),
+            origin: template.source_sandbox.clone(),
         };
         let record = SandboxRecord {
             id: id.clone(),
@@ -222,8 +223,10 @@ impl Node {
     }
 
     /// Sends envd its `/init`: env vars, token, default user, extra CAs and the host
-    /// clock (a restored VM wakes with the clock of its snapshot). The token is also
-    /// sent as `X-Access-Token`, because a resumed envd already requires it.
+    /// clock (a restored VM wakes with the clock of its snapshot). The request is
+    /// authenticated with the token envd may hold already: the sandbox's own (a
+    /// resumed envd), else its origin's (a VM restored from another sandbox's
+    /// memory, before its first `/init`).
     pub(crate) async fn provision_envd(
         &self,
         live: &Live,
@@ -239,6 +242,13 @@ impl Node {
         );
         env.extend(live.record.env_vars.clone());
         let token = self.inner.seed.envd_token(id);
+        let mut held = vec![token.clone()];
+        held.extend(
+            live.config
+                .origin
+                .as_deref()
+                .map(|o| self.inner.seed.envd_token(o)),
+        );
         let body = InitBody {
             env_vars: env,
             access_token: live.config.secure.then(|| token.clone()),
@@ -249,7 +259,7 @@ impl Node {
         };
         self.inner
             .envd
-            .init(addr, &body, Some(&token), Duration::from_secs(10))
+            .init(addr, &body, &held, Duration::from_secs(10))
             .await
             .map_err(|detail| NodeError::Envd {
                 id: id.to_owned(),
