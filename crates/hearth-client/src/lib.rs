@@ -170,6 +170,14 @@ impl Api {
         Ok(status != 404)
     }
 
+    /// Deletes a snapshot (or template); `false` if it did not exist.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<bool, ClientError> {
+        let (status, _) = self
+            .call(http::Method::DELETE, &format!("/templates/{id}"), None)
+            .await?;
+        Ok(status != 404)
+    }
+
     /// Lists sandboxes (first page, up to 100).
     pub async fn list(&self) -> Result<Vec<serde_json::Value>, ClientError> {
         let (_, bytes) = self.call(http::Method::GET, "/v2/sandboxes", None).await?;

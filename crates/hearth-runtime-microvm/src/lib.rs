@@ -44,6 +44,7 @@
 //! the first request and the first command after a restore cost extra.
 
 pub mod accel;
+pub mod baseline;
 pub mod cgroup;
 pub mod cpio;
 pub mod debian;

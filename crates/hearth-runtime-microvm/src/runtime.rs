@@ -130,6 +130,11 @@ pub enum MicroVmError {
     #[error("failed to set up the template network")]
     Netns(#[source] NetnsError),
     /// cgroups could not be removed.
+    #[error("the baseline QEMU boot did not reach userspace (see {log})")]
+    BaselineBoot {
+        /// Its serial console.
+        log: PathBuf,
+    },
     #[error("failed to remove the VM's cgroups")]
     Cgroup(#[source] CgroupError),
     /// QEMU could not be stopped.

@@ -15,7 +15,6 @@
 mod common;
 
 use hearth_runtime::{Instance, Runtime};
-use hearth_runtime_microvm::initramfs::USERSPACE_MARKER;
 use hearth_runtime_microvm::{MicroVmInstance, NoProgress};
 use serde_json::json;
 use std::path::Path;
@@ -58,86 +57,6 @@ fn proc_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// QEMU alone (no namespaces, cgroups, jail or QMP) booting the same kernel,
-/// initramfs and root image to the guest's first userspace line.
-async fn raw_boot(
-    guest: &hearth_runtime_microvm::GuestArtifacts,
-    image: &Path,
-    dir: &Path,
-) -> Duration {
-    std::fs::create_dir_all(dir).unwrap();
-    let disk = dir.join("raw.qcow2");
-    let _ = std::fs::remove_file(&disk);
-    hearth_runtime_microvm::image::create_overlay(Path::new("qemu-img"), image, &disk).unwrap();
-    let log = dir.join("raw.log");
-    let _ = std::fs::remove_file(&log);
-    let tsc = hearth_runtime_microvm::vm::host_tsc_khz();
-    let timers = if tsc.is_some() { "off" } else { "on" };
-    let cmdline = hearth_runtime_microvm::vm::Cmdline {
-        accel: hearth_runtime_microvm::Accel::Tcg,
-        tsc_khz: tsc,
-        hostname: "e2b.local",
-        nameservers: &[],
-        probe: false,
-    }
-    .render();
-    let t = Instant::now();
-    let mut child = tokio::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            &format!(
-                "microvm,acpi=on,rtc=on,isa-serial=on,x-option-roms=off,pit={timers},pic={timers}"
-            ),
-        ])
-        .args([
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "512M",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(&guest.kernel)
-        .arg("-initrd")
-        .arg(&guest.initramfs)
-        .args(["-append", &cmdline])
-        .arg("-drive")
-        .arg(format!(
-            "id=root,file={},format=qcow2,if=none",
-            disk.display()
-        ))
-        .args(["-device", "virtio-blk-device,drive=root"])
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    loop {
-        if std::fs::read_to_string(&log).is_ok_and(|s| s.contains(USERSPACE_MARKER)) {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "raw boot never reached userspace"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let took = t.elapsed();
-    child.kill().await.unwrap();
-    let _ = std::fs::remove_dir_all(dir);
-    took
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_microvm() {
     if std::env::var_os("HEARTH_MICROVM_BENCH").is_none() {
@@ -158,12 +77,14 @@ async fn bench_microvm() {
     let raw: Vec<f64> = {
         let mut v = Vec::new();
         for _ in 0..env_n("HEARTH_MICROVM_BENCH_COLD", 3) {
-            v.push(ms(raw_boot(
+            v.push(ms(hearth_runtime_microvm::baseline::raw_boot(
                 &guest,
                 artifacts.disk_image.as_ref().unwrap(),
+                hearth_runtime_microvm::Accel::Tcg,
                 Path::new("/var/cache/hearth-test/microvm-home/raw"),
             )
-            .await));
+            .await
+            .unwrap()));
         }
         v
     };

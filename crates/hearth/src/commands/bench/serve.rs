@@ -29,12 +29,39 @@ pub struct ServeBenchArgs {
     /// Idle-sandbox counts for the memory measurement.
     #[arg(long, value_delimiter = ',', default_value = "100,500")]
     pub idle_counts: Vec<usize>,
-    /// Extra arguments for the server (e.g. `--runtime microvm`), space-separated.
+    /// The sandbox runtime to measure. `microvm` measures what matters for VMs
+    /// instead: a raw QEMU boot (baseline), cold boot, create from the template
+    /// snapshot, memory pause and resume, memory per idle VM.
+    #[arg(long, value_enum, default_value = "container")]
+    pub runtime: BenchRuntime,
+    /// Cold boots (and raw QEMU boots) measured with `--runtime microvm`.
+    #[arg(long, default_value_t = 3)]
+    pub cold_boots: usize,
+    /// Extra arguments for the server, space-separated.
     #[arg(long, default_value = "")]
     pub server_args: String,
     /// Write results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// The runtime a server benchmark measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchRuntime {
+    /// Container sandboxes.
+    Container,
+    /// microVM sandboxes.
+    Microvm,
+}
+
+impl BenchRuntime {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Container => "container",
+            Self::Microvm => "microvm",
+        }
+    }
 }
 
 pub(crate) struct Server {
@@ -59,6 +86,7 @@ impl Server {
         ])
         .arg("--home")
         .arg(&args.home)
+        .args(["--runtime", args.runtime.as_str()])
         .args(args.server_args.split_whitespace())
         .env("HEARTH_API_KEY", &key)
         .env("HEARTH_LOG", "warn")
@@ -161,6 +189,215 @@ pub async fn run(args: ServeBenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let server = Server::start(&args).await?;
     let api = server.api.clone();
+    let measured = match args.runtime {
+        BenchRuntime::Container => containers(&args, &api, &mut rows).await,
+        BenchRuntime::Microvm => microvms(&args, &api, &mut rows).await,
+    };
+    server.stop().await;
+    measured?;
+    print_table(
+        &format!("hearth bench serve ({})", server_desc(&args)),
+        &rows,
+    );
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({"benchmark": "serve", "machine": machine(), "runtime": args.runtime, "server_args": args.server_args, "rows": rows});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    }
+    Ok(())
+}
+
+/// Create to first command, sequential, `n` samples after 3 warm-ups.
+async fn sequential_creates(api: &Api, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + 3 {
+        let (sbx, d) = create_and_run(api).await?;
+        if i >= 3 {
+            samples.push(d);
+        }
+        api.kill(&sbx.sandbox_id).await?;
+    }
+    Ok(samples)
+}
+
+/// Command round trips through the proxy to one sandbox.
+async fn proxy_round_trips(api: &Api, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let sbx = api.create("base", 300).await?;
+    let envd = api.envd(&sbx);
+    let mut rt = Vec::with_capacity(n);
+    for i in 0..n + 10 {
+        let t = Instant::now();
+        envd.exec("/bin/true", &[]).await?;
+        if i >= 10 {
+            rt.push(t.elapsed());
+        }
+    }
+    api.kill(&sbx.sandbox_id).await?;
+    Ok(rt)
+}
+
+/// The base template's microVM root image, from the server's store.
+fn base_disk_image(home: &Path) -> anyhow::Result<PathBuf> {
+    let store = hearth_store::Store::open(&home.join("hearth.db"))?;
+    let t = store
+        .template("base")?
+        .context("no base template in the store")?;
+    let image = t.artifacts["disk_image"]
+        .as_str()
+        .context("the base template has no microVM root image")?;
+    Ok(PathBuf::from(image))
+}
+
+/// Proportional set size of every process whose command line names `needle`.
+fn pss_kib_of(needle: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("smaps_rollup")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Creates `count` sandboxes (8 at a time) that stay idle; failures are reported
+/// and skipped.
+async fn create_idle(api: &Api, count: usize) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(count);
+    let sem = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let (api, sem) = (api.clone(), sem.clone());
+        tasks.spawn(async move {
+            let _permit = sem.acquire_owned().await?;
+            api.create("base", 1800).await.map_err(anyhow::Error::from)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok(s) => ids.push(s.sandbox_id),
+            Err(e) => eprintln!("create failed during the memory run: {e:#}"),
+        }
+    }
+    Ok(ids)
+}
+
+/// The microVM runtime: boots, restores, pauses and what an idle VM costs, with a
+/// raw QEMU boot of the same kernel and image as the baseline.
+async fn microvms(args: &ServeBenchArgs, api: &Api, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    use hearth_runtime_microvm::{MicroVm, MicroVmConfig, NoProgress, baseline};
+    let vm = MicroVm::new(MicroVmConfig::new(&args.home))?;
+    let guest = vm.guest(&NoProgress).await?;
+    let accel = vm.doctor(&NoProgress).await?.accel;
+    let image = base_disk_image(&args.home)?;
+    let mut raw = Vec::new();
+    for _ in 0..args.cold_boots {
+        let dir = args.home.join("microvm/tmp/bench-raw-boot");
+        raw.push(baseline::raw_boot(&guest, &image, accel, &dir).await?);
+    }
+    rows.push(Row::latency(
+        &format!("baseline: raw QEMU ({}) boot → first userspace line", accel.as_str()),
+        Summary::of(&raw),
+        None,
+    ));
+
+    // A cold boot is what a filesystem pause's resume does: boot the kernel over
+    // the disk, wait for envd, `/init`.
+    let sbx = api.create("base", 1800).await?;
+    let mut cold = Vec::new();
+    for _ in 0..args.cold_boots {
+        api.pause(&sbx.sandbox_id, false).await?;
+        let t = Instant::now();
+        api.connect(&sbx.sandbox_id, 1800).await?;
+        cold.push(t.elapsed());
+    }
+    let cold = Summary::of(&cold);
+    rows.push(Row::latency(
+        "cold boot → envd ready (filesystem resume)",
+        cold.clone(),
+        None,
+    ));
+
+    let created = Summary::of(&sequential_creates(api, args.iterations).await?);
+    rows.push(Row::latency(
+        "create from template snapshot → first command",
+        created.clone(),
+        Some(400.0),
+    ));
+    let speedup = cold.p50_ms / created.p50_ms;
+    rows.push(Row::value(
+        "  speed-up over a cold boot (p50)",
+        speedup,
+        "x",
+        "≥ 4x",
+        Some(speedup >= 4.0),
+    ));
+
+    // Memory pause and resume of an idle VM.
+    let (mut pauses, mut resumes) = (Vec::new(), Vec::new());
+    for _ in 0..args.cold_boots.max(5) {
+        let t = Instant::now();
+        api.pause(&sbx.sandbox_id, true).await?;
+        pauses.push(t.elapsed());
+        let t = Instant::now();
+        api.connect(&sbx.sandbox_id, 1800).await?;
+        resumes.push(t.elapsed());
+        api.envd(&sbx).exec("/bin/true", &[]).await?;
+    }
+    rows.push(Row::measured("pause (memory, idle VM)", Summary::of(&pauses)));
+    rows.push(Row::latency(
+        "resume (memory, idle VM)",
+        Summary::of(&resumes),
+        Some(500.0),
+    ));
+    api.kill(&sbx.sandbox_id).await?;
+
+    rows.push(Row::latency(
+        "command round trip through the proxy",
+        Summary::of(&proxy_round_trips(api, args.iterations * 4).await?),
+        Some(3.0),
+    ));
+
+    // Host memory per idle VM: what MemAvailable loses, and the QEMU processes'
+    // proportional share (template memory shared between VMs counted once).
+    for &count in &args.idle_counts {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = mem_available_kib();
+        let ids = create_idle(api, count).await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let after = mem_available_kib();
+        let per = before.saturating_sub(after) as f64 / 1024.0 / ids.len().max(1) as f64;
+        rows.push(Row::value(
+            &format!("host memory per idle VM ({} running, MemAvailable)", ids.len()),
+            per,
+            "MiB",
+            "-",
+            None,
+        ));
+        let pss: u64 = ids.iter().map(|id| pss_kib_of(id)).sum();
+        rows.push(Row::value(
+            "  QEMU proportional set size per idle VM",
+            pss as f64 / 1024.0 / ids.len().max(1) as f64,
+            "MiB",
+            "-",
+            None,
+        ));
+        kill_all(api, ids).await;
+    }
+    Ok(())
+}
+
+/// The container runtime: the issue-3 targets with unshare+chroot and runc as
+/// baselines.
+async fn containers(args: &ServeBenchArgs, api: &Api, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let rootfs = base_rootfs(&args.home)?;
     let n = args.iterations;
 
@@ -209,38 +446,16 @@ pub async fn run(args: ServeBenchArgs) -> anyhow::Result<()> {
         }
     }
 
-    // Create to first command finished, sequential.
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n + 3 {
-        let (sbx, d) = create_and_run(&api).await?;
-        if i >= 3 {
-            samples.push(d);
-        }
-        api.kill(&sbx.sandbox_id).await?;
-    }
     rows.push(Row::latency(
         "create → first command finished (sequential)",
-        Summary::of(&samples),
+        Summary::of(&sequential_creates(api, n).await?),
         Some(20.0),
     ));
-
-    // Command round trip through the proxy.
-    let sbx = api.create("base", 300).await?;
-    let envd = api.envd(&sbx);
-    let mut rt = Vec::with_capacity(n * 4);
-    for i in 0..n * 4 + 10 {
-        let t = Instant::now();
-        envd.exec("/bin/true", &[]).await?;
-        if i >= 10 {
-            rt.push(t.elapsed());
-        }
-    }
     rows.push(Row::latency(
         "command round trip through the proxy",
-        Summary::of(&rt),
+        Summary::of(&proxy_round_trips(api, n * 4).await?),
         Some(3.0),
     ));
-    api.kill(&sbx.sandbox_id).await?;
 
     // Throughput at several concurrency levels.
     for inflight in [2usize, 8, 32] {
@@ -266,29 +481,14 @@ pub async fn run(args: ServeBenchArgs) -> anyhow::Result<()> {
             "≥ 100/s",
             Some(rate >= 100.0),
         ));
-        kill_all(&api, ids).await;
+        kill_all(api, ids).await;
     }
 
     // Host memory per idle sandbox.
     for &count in &args.idle_counts {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = mem_available_kib();
-        let mut ids = Vec::with_capacity(count);
-        let sem = Arc::new(tokio::sync::Semaphore::new(8));
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..count {
-            let (api, sem) = (api.clone(), sem.clone());
-            tasks.spawn(async move {
-                let _permit = sem.acquire_owned().await?;
-                api.create("base", 900).await.map_err(anyhow::Error::from)
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            match r? {
-                Ok(s) => ids.push(s.sandbox_id),
-                Err(e) => eprintln!("create failed during the memory run: {e:#}"),
-            }
-        }
+        let ids = create_idle(api, count).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = mem_available_kib();
         let per = before.saturating_sub(after) as f64 / 1024.0 / ids.len().max(1) as f64;
@@ -323,27 +523,15 @@ pub async fn run(args: ServeBenchArgs) -> anyhow::Result<()> {
                 Some(mean <= 6.0),
             ));
         }
-        kill_all(&api, ids).await;
-    }
-
-    server.stop().await;
-    print_table(
-        &format!("hearth bench serve ({})", server_desc(&args)),
-        &rows,
-    );
-    if let Some(path) = args.json {
-        let doc = serde_json::json!({"benchmark": "serve", "machine": machine(), "server_args": args.server_args, "rows": rows});
-        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+        kill_all(api, ids).await;
     }
     Ok(())
 }
 
 fn server_desc(args: &ServeBenchArgs) -> String {
-    if args.server_args.trim().is_empty() {
-        "default runtime".into()
-    } else {
-        args.server_args.clone()
-    }
+    format!("{} {}", args.runtime.as_str(), args.server_args)
+        .trim()
+        .to_owned()
 }
 
 async fn kill_all(api: &Api, ids: Vec<String>) {
