@@ -34,7 +34,7 @@ pub struct InitBody {
     pub ca_bundle: Option<String>,
 }
 
-/// A pooled HTTP/1.1 client for envd.
+/// An HTTP/1.1 client for envd's `/init`.
 #[derive(Debug, Clone)]
 pub struct EnvdClient {
     client: Client<HttpConnector, Full<Bytes>>,
@@ -46,8 +46,10 @@ impl Default for EnvdClient {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         Self {
+            // No keep-alive: `/init` is sent once per start, and an idle connection
+            // to a microVM outlives it (a VM that ends sends no FIN).
             client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(0)
                 .build(connector),
         }
     }

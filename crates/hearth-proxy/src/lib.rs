@@ -14,6 +14,7 @@
 //! hanging on a dead connection.
 
 mod body;
+mod pools;
 mod resolve;
 mod route;
 mod signature;
@@ -51,7 +52,10 @@ const BUSY_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Proxy {
     node: Node,
-    client: Client<HttpConnector<resolve::SandboxResolver>, Body>,
+    connector: HttpConnector<resolve::SandboxResolver>,
+    /// Kept-alive connections, per running incarnation of each sandbox: a microVM
+    /// that ends sends no FIN, so only dropping its pool closes its connections.
+    pools: std::sync::Arc<pools::Pools<Client<HttpConnector<resolve::SandboxResolver>, Body>>>,
     domain: String,
 }
 
@@ -62,15 +66,27 @@ impl Proxy {
             HttpConnector::new_with_resolver(resolve::SandboxResolver { node: node.clone() });
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(connector);
         Self {
             node,
-            client,
+            connector,
+            pools: pools::Pools::new(),
             domain,
         }
+    }
+
+    /// The client (connection pool) of the sandbox incarnation whose route carries
+    /// `ended`.
+    fn client(
+        &self,
+        id: &SandboxId,
+        ended: &tokio_util::sync::CancellationToken,
+    ) -> Client<HttpConnector<resolve::SandboxResolver>, Body> {
+        self.pools.get(id, ended, || {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(64)
+                .build(self.connector.clone())
+        })
     }
 
     /// Whether this request is for a sandbox (as opposed to the API).
@@ -156,8 +172,9 @@ impl Proxy {
                 );
             }
         };
+        let client = self.client(&id, &cancel);
         let resp = tokio::select! {
-            r = self.client.request(out) => r,
+            r = client.request(out) => r,
             _ = cancel.cancelled() => return not_found(&target.id),
         };
         match resp {

@@ -30,8 +30,7 @@ pub async fn raw_boot(
     for p in [&disk, &log] {
         crate::fsutil::remove_file_if_exists(p).map_err(io_err("remove", p))?;
     }
-    image::create_overlay(Path::new("qemu-img"), image_path, &disk)
-        .map_err(MicroVmError::Image)?;
+    image::create_overlay(Path::new("qemu-img"), image_path, &disk).map_err(MicroVmError::Image)?;
     let tsc = vm::host_tsc_khz();
     // The same legacy-timer choice as the runtime: with a known TSC the guest
     // needs neither PIT nor PIC.
@@ -54,15 +53,26 @@ pub async fn raw_boot(
         .arg(format!(
             "microvm,acpi=on,rtc=on,isa-serial=on,x-option-roms=off,pit={timers},pic={timers}"
         ))
-        .args(["-accel", accel_arg, "-cpu", "max", "-smp", "2", "-m", "512M"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args([
+            "-accel", accel_arg, "-cpu", "max", "-smp", "2", "-m", "512M",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(&guest.kernel)
         .arg("-initrd")
         .arg(&guest.initramfs)
         .args(["-append", &cmdline])
         .arg("-drive")
-        .arg(format!("id=root,file={},format=qcow2,if=none", disk.display()))
+        .arg(format!(
+            "id=root,file={},format=qcow2,if=none",
+            disk.display()
+        ))
         .args(["-device", "virtio-blk-device,drive=root"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
@@ -75,9 +85,7 @@ pub async fn raw_boot(
             break Ok(t.elapsed());
         }
         if t.elapsed() > BOOT_LIMIT || matches!(child.try_wait(), Ok(Some(_))) {
-            break Err(MicroVmError::BaselineBoot {
-                log: log.clone(),
-            });
+            break Err(MicroVmError::BaselineBoot { log: log.clone() });
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     };

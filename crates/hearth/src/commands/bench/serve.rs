@@ -253,7 +253,12 @@ fn pss_kib_of(needle: &str) -> u64 {
         return 0;
     };
     dir.flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter(|e| {
             std::fs::read(e.path().join("cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
@@ -304,7 +309,10 @@ async fn microvms(args: &ServeBenchArgs, api: &Api, rows: &mut Vec<Row>) -> anyh
         raw.push(baseline::raw_boot(&guest, &image, accel, &dir).await?);
     }
     rows.push(Row::latency(
-        &format!("baseline: raw QEMU ({}) boot → first userspace line", accel.as_str()),
+        &format!(
+            "baseline: raw QEMU ({}) boot → first userspace line",
+            accel.as_str()
+        ),
         Summary::of(&raw),
         None,
     ));
@@ -352,7 +360,10 @@ async fn microvms(args: &ServeBenchArgs, api: &Api, rows: &mut Vec<Row>) -> anyh
         resumes.push(t.elapsed());
         api.envd(&sbx).exec("/bin/true", &[]).await?;
     }
-    rows.push(Row::measured("pause (memory, idle VM)", Summary::of(&pauses)));
+    rows.push(Row::measured(
+        "pause (memory, idle VM)",
+        Summary::of(&pauses),
+    ));
     rows.push(Row::latency(
         "resume (memory, idle VM)",
         Summary::of(&resumes),
@@ -376,7 +387,10 @@ async fn microvms(args: &ServeBenchArgs, api: &Api, rows: &mut Vec<Row>) -> anyh
         let after = mem_available_kib();
         let per = before.saturating_sub(after) as f64 / 1024.0 / ids.len().max(1) as f64;
         rows.push(Row::value(
-            &format!("host memory per idle VM ({} running, MemAvailable)", ids.len()),
+            &format!(
+                "host memory per idle VM ({} running, MemAvailable)",
+                ids.len()
+            ),
             per,
             "MiB",
             "-",
