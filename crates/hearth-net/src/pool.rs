@@ -397,8 +397,8 @@ impl SlotPool {
             None => resolv::host_nameservers(Path::new("/etc/resolv.conf")),
         };
         netns::prepare_dir(&cfg.netns_dir).map_err(PoolError::PrepareNetnsDir)?;
-        let forwarded_before =
-            host::enable_forwarding(&cfg.run_dir, &cfg.name).map_err(PoolError::Forwarding)?;
+        let forwarded_before = host::enable_forwarding(&cfg.run_dir, &cfg.name, layout.max_index)
+            .map_err(PoolError::Forwarding)?;
 
         let mut report = AdoptReport::default();
         let (adopt, out_of_range): (Vec<Adopt>, Vec<Adopt>) = adopt
