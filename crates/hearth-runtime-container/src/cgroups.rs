@@ -324,6 +324,35 @@ impl SandboxCgroups {
         Ok(())
     }
 
+    /// Removes the memory and CPU limits (best effort). Called just before the
+    /// sandbox is killed: a sandbox at its memory limit (a fork bomb, say) thrashes in
+    /// reclaim and OOM kills, and its thousands of dying tasks then need minutes
+    /// instead of milliseconds to exit. Nothing new can start in a dying sandbox, so
+    /// the limits have nothing left to protect.
+    pub(crate) fn lift_limits(&self) {
+        let mem = &self.memory;
+        let lifted = if mem.v2 {
+            configure(&mem.path, "memory.max", "max")
+        } else {
+            // memsw must never be below the memory limit: raise it first.
+            let memsw = if mem.path.join("memory.memsw.limit_in_bytes").exists() {
+                configure(&mem.path, "memory.memsw.limit_in_bytes", "-1")
+            } else {
+                Ok(())
+            };
+            memsw.and_then(|()| configure(&mem.path, "memory.limit_in_bytes", "-1"))
+        };
+        let cpu = &self.cpu;
+        let cpu_lifted = if cpu.v2 {
+            configure(&cpu.path, "cpu.max", "max")
+        } else {
+            configure(&cpu.path, "cpu.cfs_quota_us", "-1")
+        };
+        for err in [lifted.err(), cpu_lifted.err()].into_iter().flatten() {
+            tracing::debug!(error = %hearth_types::ErrorChain(&err), "limit not lifted before kill");
+        }
+    }
+
     /// Moves `pid` into every controller's group.
     pub(crate) fn attach(&self, pid: u32) -> Result<(), CgroupError> {
         for d in self.dirs() {

@@ -225,6 +225,7 @@ impl Container {
     /// after success does nothing, after a failure retries what is left.
     pub fn kill(&mut self, remove_state: bool) -> Result<(), ContainerError> {
         if !self.torn_down {
+            self.cgroups.lift_limits();
             self.signal(libc::SIGKILL)?;
             // A frozen (v1) task cannot act on SIGKILL until thawed.
             if self.cgroups.is_frozen().unwrap_or(false) {
@@ -261,10 +262,15 @@ pub(crate) fn teardown(cgroups: &SandboxCgroups) -> Result<(), ContainerError> {
 /// namespace's death takes them) and waits for them to go.
 fn kill_stragglers(cgroups: &SandboxCgroups) -> Result<(), ContainerError> {
     let deadline = std::time::Instant::now() + EXIT_TIMEOUT;
+    let mut lifted = false;
     loop {
         let pids = cgroups.processes();
         if pids.is_empty() {
             return Ok(());
+        }
+        if !lifted {
+            cgroups.lift_limits();
+            lifted = true;
         }
         if cgroups.is_frozen().unwrap_or(false) {
             cgroups.set_frozen(false)?;

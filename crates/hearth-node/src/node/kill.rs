@@ -9,6 +9,9 @@ use hearth_store::SandboxState;
 use hearth_types::{ErrorChain, SandboxId};
 use std::sync::atomic::Ordering;
 
+/// How often a kill is tried before the sandbox is given up on.
+const KILL_ATTEMPTS: u32 = 3;
+
 impl Node {
     /// Kills a sandbox (running or paused) and removes everything it had.
     pub async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
@@ -28,15 +31,36 @@ impl Node {
         let id = live.record.id.clone();
         entry.set_route(Route::Gone);
         live.removed = true;
-        if let Some(mut instance) = live.instance.take()
-            && let Err(err) = instance.kill().await
-        {
-            tracing::error!(sandbox_id = %id, error = %ErrorChain(&err), "kill failed");
+        let mut stopped = true;
+        if let Some(mut instance) = live.instance.take() {
+            // Kills are idempotent and retry what is left: a sandbox with thousands
+            // of processes may need more than one runtime timeout to empty.
+            for attempt in 1..=KILL_ATTEMPTS {
+                match instance.kill().await {
+                    Ok(()) => {
+                        stopped = true;
+                        break;
+                    }
+                    Err(err) => {
+                        stopped = false;
+                        tracing::error!(sandbox_id = %id, attempt, error = %ErrorChain(&err), "kill failed");
+                    }
+                }
+            }
         }
-        if let Some(slot) = live.config.slot.take()
-            && let Err(err) = self.inner.network.release(slot).await
-        {
-            tracing::error!(sandbox_id = %id, error = %ErrorChain(&err), "slot release failed");
+        match live.config.slot.take() {
+            // Processes that may still live in the slot's namespaces must never meet
+            // the slot's next sandbox: the slot stays out of use (a restart reclaims
+            // it with whatever is left).
+            Some(slot) if !stopped => {
+                tracing::error!(sandbox_id = %id, slot = slot.index, "slot kept out of use: the sandbox did not stop");
+            }
+            Some(slot) => {
+                if let Err(err) = self.inner.network.release(slot).await {
+                    tracing::error!(sandbox_id = %id, error = %ErrorChain(&err), "slot release failed");
+                }
+            }
+            None => {}
         }
         let dir = self.inner.config.sandbox_dir(id.as_str());
         if let Err(err) = self.runtime_of(live).remove_state_dir(&dir) {
