@@ -194,6 +194,7 @@ impl Node {
                 return Err(e);
             }
         };
+        let started = std::time::Instant::now();
         let mut instance = match runtime.create(&spec).await {
             Ok(i) => i,
             Err(e) => {
@@ -203,7 +204,14 @@ impl Node {
             }
         };
         let result = async {
+            let created = started.elapsed();
             self.provision_envd(live, instance.envd_addr()).await?;
+            tracing::debug!(
+                sandbox_id = %live.record.id,
+                instance_ms = created.as_secs_f64() * 1e3,
+                init_ms = (started.elapsed() - created).as_secs_f64() * 1e3,
+                "instance started and envd provisioned"
+            );
             live.config.slot = Some(slot.clone());
             live.record.state = SandboxState::Running;
             live.record.runtime_state = Some(instance.state());

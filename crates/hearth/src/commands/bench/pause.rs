@@ -193,9 +193,8 @@ pub async fn run(args: PauseBenchArgs) -> anyhow::Result<()> {
     server.stop().await;
     print_table(
         &format!(
-            "hearth bench pause ({} {})",
-            args.runtime.as_str(),
-            args.server_args
+            "hearth bench pause ({})",
+            format!("{} {}", args.runtime.as_str(), args.server_args).trim()
         ),
         &rows,
     );
