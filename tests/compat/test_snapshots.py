@@ -130,6 +130,13 @@ def test_sandboxes_from_a_snapshot_are_independent_copies(serve_server, make, sn
         assert sleepers(copy, 4201) == ([pid] if MICROVM else [])
         out = copy.commands.run('echo "$E2B_SANDBOX_ID $(whoami)"').stdout
         assert out == f"{copy.sandbox_id} user\n"
+    # Restored from one memory image, the copies still draw different random
+    # numbers: /init mixed fresh entropy into each one's kernel generator.
+    draws = {
+        copy.commands.run("head -c 16 /dev/urandom | od -An -tx1").stdout
+        for copy in (by_id, by_name)
+    }
+    assert len(draws) == 2, draws
 
     # Copy-on-write: each one's writes are its own.
     by_id.files.write("/home/user/project/a.txt", "written by the first copy")

@@ -32,6 +32,9 @@ pub struct InitBody {
     /// Extra trusted certificates (PEM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,
+    /// Fresh random bytes (base64) for the guest's generator: clones of one snapshot
+    /// must not share its state.
+    pub entropy: String,
 }
 
 /// An HTTP/1.1 client for envd's `/init`.

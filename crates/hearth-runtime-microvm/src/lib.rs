@@ -38,9 +38,9 @@
 //! `apt-get` and `dpkg-deb` on the host; cgroup v1 controllers. A snapshot restores
 //! only into the same QEMU version, accelerator and machine shape it was taken with.
 //! Paused sandboxes and memory snapshots of template-based sandboxes need their
-//! template's files as long as they exist. Clones of a template share its kernel RNG
-//! state until the guest reseeds (within a minute); envd should mix fresh entropy in
-//! on `/init`. Under TCG every restored VM re-translates the guest code it runs, so
+//! template's files as long as they exist. Clones of a snapshot wake with one kernel
+//! RNG state: the node's `/init` carries fresh entropy, which envd mixes in and
+//! reseeds the generator with. Under TCG every restored VM re-translates the guest code it runs, so
 //! the first request and the first command after a restore cost extra.
 
 pub mod accel;

@@ -19,6 +19,7 @@ pub mod ns;
 pub mod pidfd;
 pub mod process;
 pub mod pty;
+pub mod random;
 pub mod seccomp;
 pub mod term;
 pub mod tun;

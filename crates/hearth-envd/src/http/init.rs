@@ -35,6 +35,10 @@ pub struct InitRequest {
     pub default_workdir: Option<String>,
     /// PEM certificates to add to the system trust store.
     pub ca_bundle: Option<String>,
+    /// Fresh random bytes (base64) to mix into the kernel's generator (Hearth's
+    /// extension): sandboxes restored from one snapshot start with one generator
+    /// state, and must not produce the same "random" numbers.
+    pub entropy: Option<String>,
 }
 
 /// Debian's (and most distributions') system bundle, read by OpenSSL, curl, git, apt.
@@ -106,6 +110,9 @@ fn apply(state: &Envd, body: &[u8]) -> Result<(), EnvdError> {
         serde_json::from_slice(body)
             .map_err(|e| EnvdError::InvalidArgument(format!("invalid /init body: {e}")))?
     };
+    if let Some(seed) = req.entropy.as_deref() {
+        mix_entropy(seed)?;
+    }
     if let Some(ts) = req.timestamp {
         let mut last = state.last_init.write().unwrap_or_else(|p| p.into_inner());
         if last.is_some_and(|l| ts < l) {
@@ -144,6 +151,20 @@ fn apply(state: &Envd, body: &[u8]) -> Result<(), EnvdError> {
         .access_token
         .write()
         .unwrap_or_else(|p| p.into_inner()) = req.access_token.filter(|t| !t.is_empty());
+    Ok(())
+}
+
+/// Mixes the `/init` request's entropy into the kernel's generator and reseeds it.
+fn mix_entropy(seed: &str) -> Result<(), EnvdError> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(seed)
+        .map_err(|e| EnvdError::InvalidArgument(format!("invalid /init entropy: {e}")))?;
+    match hearth_sys::random::mix_and_reseed(&bytes) {
+        Ok(reseeded) => tracing::debug!(bytes = bytes.len(), reseeded, "mixed in entropy"),
+        // Not worth failing `/init` over: the generator still reseeds on its own.
+        Err(err) => tracing::warn!(error = %err, "cannot mix in entropy"),
+    }
     Ok(())
 }
 

@@ -264,6 +264,11 @@ impl Node {
             default_user: Some(self.inner.config.default_user.clone()),
             default_workdir: None,
             ca_bundle: self.inner.config.ca_bundle.clone(),
+            entropy: {
+                use base64::Engine as _;
+                let seed: [u8; 64] = rand::random();
+                base64::engine::general_purpose::STANDARD.encode(seed)
+            },
         };
         self.inner
             .envd
