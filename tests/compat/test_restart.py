@@ -13,6 +13,7 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from e2b import NotFoundException, Sandbox
 from hearth_compat.serve import (
@@ -155,3 +156,29 @@ def test_plain_sigterm_kills_everything_and_restart_lists_none(server: ServeServ
     for sandbox in sandboxes:
         with pytest.raises(NotFoundException):
             Sandbox.get_info(sandbox.sandbox_id, **server.sdk_opts())
+
+
+def test_a_new_home_gets_a_saved_key_even_when_automation_brings_its_own(
+    server: ServeServer,
+):
+    """The README's `$HEARTH_HOME/api-key` exists after the first start of a home,
+    even when that start registered a key from HEARTH_API_KEY (as `hearth bench` and
+    these tests do); restarts keep it, with or without HEARTH_API_KEY."""
+    server.start()
+    key_file = server.home / "api-key"
+    key = key_file.read_text().strip()
+    assert key.startswith("e2b_") and len(key) == 44, key
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    env_key = server.api_key
+
+    def status(k: str) -> int:
+        with httpx.Client(base_url=server.url, timeout=10) as api:
+            return api.get("/sandboxes", headers={"X-API-Key": k}).status_code
+
+    assert status(key) == 200 and status(env_key) == 200
+    assert server.stop() == 0
+    server.api_key = ""  # a plain start, without HEARTH_API_KEY
+    server.start()
+    assert key_file.read_text().strip() == key, "a restart must not replace the key"
+    assert status(key) == 200 and status(env_key) == 200
+    server.api_key = env_key

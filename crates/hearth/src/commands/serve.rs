@@ -297,12 +297,18 @@ fn ca_bundle(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     Ok((!pem.is_empty()).then_some(pem))
 }
 
+/// The name keys registered from `HEARTH_API_KEY` get.
+const ENV_KEY_NAME: &str = "HEARTH_API_KEY";
+
 fn register_keys(store: &Store, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(key) = args.api_key.as_deref().filter(|k| !k.is_empty()) {
-        let rec = hearth_api::auth::register_key(store, key, "HEARTH_API_KEY")?;
+        let rec = hearth_api::auth::register_key(store, key, ENV_KEY_NAME)?;
         tracing::info!(key = %rec.mask, "registered API key from the environment");
     }
-    if store.list_api_keys()?.is_empty() {
+    // Keys from the environment belong to automation (tests, `hearth bench`), which
+    // may well have used this home first: they do not make it set up.
+    let from_env = |k: &hearth_store::ApiKeyRecord| k.name == ENV_KEY_NAME;
+    if store.list_api_keys()?.iter().all(from_env) {
         // First start: make a key so the service is usable, and say where it is.
         let key = hearth_api::auth::generate_key();
         hearth_api::auth::register_key(store, &key, "first-start")?;
