@@ -777,22 +777,7 @@ pub(crate) async fn adopt(
             // (SysRq `u`) before hearth died: running on would leave a sandbox that
             // cannot write. Finish the pause instead (sync again, end QEMU) and let
             // `recovered_pause` record it: the files are all on the disk.
-            let cgroup = inner.cgroup(spec.id.as_str());
-            let envd = SocketAddr::from((spec.slot.host_addr, hearth_runtime::ENVD_PORT));
-            let vm = MicroVmInstance::new(
-                spec.id.clone(),
-                inner.clone(),
-                envd,
-                spec.resources,
-                spec.state_dir.clone(),
-                Launched {
-                    process,
-                    qmp,
-                    cgroup,
-                    state: st,
-                    timings: LaunchTimings::default(),
-                },
-            );
+            let vm = adopted_instance(inner, spec, st, process, qmp);
             if let Err(err) = vm.guest_sync(true).await {
                 tracing::warn!(sandbox_id = %spec.id, error = %hearth_types::ErrorChain(&err), "guest filesystem sync failed");
             }
@@ -815,22 +800,31 @@ pub(crate) async fn adopt(
                 err,
             })?;
     }
-    let cgroup = inner.cgroup(spec.id.as_str());
-    let envd = SocketAddr::from((spec.slot.host_addr, hearth_runtime::ENVD_PORT));
-    Ok(Some(MicroVmInstance::new(
+    Ok(Some(adopted_instance(inner, spec, st, process, qmp)))
+}
+
+/// The instance of an adopted QEMU (its process and QMP connection found again).
+fn adopted_instance(
+    inner: &Arc<Inner>,
+    spec: &SandboxSpec,
+    st: InstanceState,
+    process: VmProcess,
+    qmp: Qmp,
+) -> MicroVmInstance {
+    MicroVmInstance::new(
         spec.id.clone(),
         inner.clone(),
-        envd,
+        SocketAddr::from((spec.slot.host_addr, hearth_runtime::ENVD_PORT)),
         spec.resources,
         spec.state_dir.clone(),
         Launched {
             process,
             qmp,
-            cgroup,
+            cgroup: inner.cgroup(spec.id.as_str()),
             state: st,
             timings: LaunchTimings::default(),
         },
-    )))
+    )
 }
 
 /// A pause that completed on disk, or that got far enough to complete now (QEMU is
