@@ -217,27 +217,11 @@ async fn probe_kvm(root: &Path, qemu: &Path, guest: &GuestArtifacts) -> Result<(
 
 async fn run_probe(qemu: &Path, guest: &GuestArtifacts, console: &PathBuf) -> Result<(), String> {
     let cmdline = "console=ttyS0 quiet panic=-1 pci=off hearth.probe=1";
-    let mut child = tokio::process::Command::new(qemu)
+    let mut child = crate::vm::bare_boot(qemu, guest, cmdline, console)
         .args(["-M", "microvm,acpi=on,x-option-roms=off"])
         .args(["-accel", "kvm", "-cpu", "host", "-m", "256M", "-smp", "1"])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(&guest.kernel)
-        .arg("-initrd")
-        .arg(&guest.initramfs)
-        .args(["-append", cmdline])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
     let stderr = child.stderr.take();

@@ -48,7 +48,8 @@ pub async fn raw_boot(
         Accel::Tcg => "tcg,thread=multi",
     };
     let t = Instant::now();
-    let mut child = tokio::process::Command::new("qemu-system-x86_64")
+    let qemu = Path::new("qemu-system-x86_64");
+    let mut child = vm::bare_boot(qemu, guest, &cmdline, &log)
         .arg("-M")
         .arg(format!(
             "microvm,acpi=on,rtc=on,isa-serial=on,x-option-roms=off,pit={timers},pic={timers}"
@@ -56,30 +57,14 @@ pub async fn raw_boot(
         .args([
             "-accel", accel_arg, "-cpu", "max", "-smp", "2", "-m", "512M",
         ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(&guest.kernel)
-        .arg("-initrd")
-        .arg(&guest.initramfs)
-        .args(["-append", &cmdline])
         .arg("-drive")
         .arg(format!(
             "id=root,file={},format=qcow2,if=none",
             disk.display()
         ))
         .args(["-device", "virtio-blk-device,drive=root"])
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
         .spawn()
-        .map_err(io_err("run", Path::new("qemu-system-x86_64")))?;
+        .map_err(io_err("run", qemu))?;
     let result = loop {
         if std::fs::read_to_string(&log).is_ok_and(|s| s.contains(USERSPACE_MARKER)) {
             break Ok(t.elapsed());

@@ -529,6 +529,36 @@ pub fn log_tail(path: &Path, max: usize) -> String {
     String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
 }
 
+/// A bare QEMU boot of the guest kernel and initramfs, without Hearth's jail,
+/// cgroups, QMP or disk: the serial console goes to `console`. Callers add the
+/// machine, accelerator and shape. Used by the KVM probe and the benchmark's raw-boot
+/// baseline.
+pub(crate) fn bare_boot(
+    qemu: &std::path::Path,
+    guest: &crate::guest::GuestArtifacts,
+    cmdline: &str,
+    console: &std::path::Path,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(qemu);
+    cmd.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(&guest.kernel)
+    .arg("-initrd")
+    .arg(&guest.initramfs)
+    .args(["-append", cmdline])
+    .arg("-serial")
+    .arg(format!("file:{}", console.display()))
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
+    cmd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
